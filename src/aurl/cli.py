@@ -1,0 +1,290 @@
+"""The ``aurl`` command: one dispatch table, each entry parses its flags and calls a plain function.
+
+No logic lives here beyond parsing and calling; every command imports its stage lazily so that
+``aurl --help`` stays instant. Library code logs through ``logging``; only this module prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "bach_small"
+
+
+def _tokenizer_cfg(args: argparse.Namespace):
+    from aurl.config import TokenizerConfig
+
+    kw = {"kind": args.tokenizer}
+    if getattr(args, "bpe", 0):
+        kw["bpe_vocab_size"] = args.bpe
+    return TokenizerConfig(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def _add_prepare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="a folder of MIDI/MusicXML/ABC/kern files, the word 'bach', or 'merge'")
+    p.add_argument("parts", nargs="*", help="with 'merge': the prepared slice directories to join")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--tokenizer", default="midilike", choices=["midilike", "remi", "tsd"])
+    p.add_argument("--bpe", type=int, default=0, help="train BPE to this vocabulary size (0 = off)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--num-shards", type=int, default=1, help="split the corpus into K slices...")
+    p.add_argument("--shard-index", type=int, default=0, help="...and prepare slice I of them")
+    p.add_argument("--force", action="store_true", help="rebuild even if a matching cache exists")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from aurl.data import prepare
+
+    if args.input == "merge":
+        summary = prepare.merge([Path(x) for x in args.parts], args.out)
+    else:
+        summary = prepare.prepare(
+            args.input,
+            args.out,
+            _tokenizer_cfg(args),
+            workers=args.workers,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
+            force=args.force,
+        )
+    print(summary.render())
+    return 0 if summary.files_ok > 0 else 1
+
+
+def _add_roundtrip(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="a folder of MIDI files (or 'bach')")
+    p.add_argument("--tokenizer", default="midilike", choices=["midilike", "remi", "tsd"])
+    p.add_argument("--bpe", type=int, default=0)
+    p.add_argument("--json", type=Path, help="write the per-file report here")
+
+
+def _run_roundtrip(args: argparse.Namespace) -> int:
+    from aurl.data import roundtrip
+
+    report = roundtrip.roundtrip(args.input, _tokenizer_cfg(args), json_path=args.json)
+    print(roundtrip.render(report))
+    return 0 if report["summary"]["files_inexact"] == 0 else 1
+
+
+def _add_tokens(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["describe"])
+    p.add_argument("--tokenizer", default="midilike", choices=["midilike", "remi", "tsd"])
+    p.add_argument("--data", type=Path, help="describe the tokenizer saved in this prepared dir")
+
+
+def _run_tokens(args: argparse.Namespace) -> int:
+    from aurl.data import tokenizers
+
+    tok = (
+        tokenizers.MusicTokenizer.load(args.data)
+        if args.data
+        else tokenizers.MusicTokenizer(_tokenizer_cfg(args))
+    )
+    print(tok.describe())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# training and evaluation
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="YAML preset (configs/*.yaml)")
+    p.add_argument("--data", type=Path, help="prepared data directory (overrides data.path)")
+    p.add_argument("--out", type=Path, help="run directory")
+    p.add_argument("--resume", type=Path, help="continue the run in this directory")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from aurl.training import run
+
+    if args.resume:
+        run.resume(args.resume, overrides=args.overrides)
+        return 0
+    if args.out is None:
+        raise SystemExit("aurl train: --out RUN_DIR is required (or --resume RUN_DIR)")
+    from aurl.config import load_config
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    cfg = load_config(args.config, overrides)
+    run.train(cfg, args.out)
+    return 0
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="run directory or exported model directory")
+    p.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--batch-size", type=int, default=8)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from aurl.evaluation import likelihood
+
+    result = likelihood.evaluate(
+        args.model, args.data, split=args.split, json_path=args.json, batch_size=args.batch_size
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from aurl.training import export
+
+    path = export.export_run(args.run, args.out, which=args.checkpoint)
+    print(f"exported {args.run} -> {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# generation
+
+
+def _add_common_generation(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model or run directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--no-wav", action="store_true", help="skip audio rendering")
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    _add_common_generation(p)
+    p.add_argument("--num", type=int, default=4, help="pieces to generate")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--bars", type=int, help="length in bars")
+    length.add_argument("--seconds", type=float, help="length in seconds of music")
+    length.add_argument("--tokens", type=int, help="length in tokens")
+    p.add_argument("--prompt", type=Path, help="MIDI file to continue")
+    p.add_argument("--key", help="constrain to a key, e.g. D:min or F#:maj")
+    p.add_argument("--pitch-range", help="LOW-HIGH MIDI pitches, e.g. 36-84")
+    p.add_argument("--max-polyphony", type=int)
+    p.add_argument("--density", type=float, help="target notes per beat (soft)")
+    p.add_argument("--soft", action="store_true", help="constraints penalize instead of forbid")
+    p.add_argument("--beam", type=int, default=1, help="beam width (1 = sampling)")
+    p.add_argument("--batch-size", type=int, default=4)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from aurl.generation import pipeline
+
+    summary = pipeline.generate_from_args(args)
+    print(summary.render())
+    return 0
+
+
+def _add_infill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, help="MIDI file")
+    p.add_argument("--bars", required=True, help="bars to regenerate, e.g. 5-8 (1-based, inclusive)")
+    _add_common_generation(p)
+
+
+def _run_infill(args: argparse.Namespace) -> int:
+    from aurl.generation import pipeline
+
+    summary = pipeline.infill_from_args(args)
+    print(summary.render())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE
+
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
+    _add_common_generation(p)
+    p.add_argument("--num", type=int, default=8)
+    p.add_argument("--bars", type=int, default=8)
+
+
+def _add_interpolate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("--steps", type=int, default=6)
+    _add_common_generation(p)
+
+
+def _add_vary(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path)
+    p.add_argument("--amount", type=float, default=0.3)
+    p.add_argument("--num", type=int, default=4)
+    _add_common_generation(p)
+
+
+def _run_vae(action: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from aurl.generation import latent
+
+        summary = getattr(latent, f"{action}_from_args")(args)
+        print(summary.render())
+        return 0
+
+    return run
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "prepare": ("MIDI folder -> tokenized, sharded training data", _add_prepare, _run_prepare),
+    "roundtrip": ("encode -> decode -> diff every file", _add_roundtrip, _run_roundtrip),
+    "tokens": ("inspect the token vocabulary", _add_tokens, _run_tokens),
+    "train": ("train a model (Lightning)", _add_train, _run_train),
+    "evaluate": ("held-out likelihood (bits per note)", _add_evaluate, _run_evaluate),
+    "export": ("write a run's inference export (safetensors)", _add_export, _run_export),
+    "generate": ("generate new pieces", _add_generate, _run_generate),
+    "infill": ("regenerate bars of a piece in context", _add_infill, _run_infill),
+    "sample": ("VAE: sample pieces from the prior", _add_sample, _run_vae("sample")),
+    "interpolate": ("VAE: interpolate between two pieces", _add_interpolate, _run_vae("interpolate")),
+    "vary": ("VAE: variations of a piece", _add_vary, _run_vae("vary")),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aurl", description="Learn to compose from MIDI.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, add, _) in COMMANDS.items():
+        add(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command][2](args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"aurl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"aurl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
