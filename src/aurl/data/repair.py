@@ -1,0 +1,227 @@
+"""Pure fixes of a loaded score: ``repair_score(score) -> (score, RepairReport)``.
+
+symusic parses leniently (FACTS.md: it loads 153 of 600 mutated POP909 files, some with a
+2**28-tick delta), so a score that parsed can still carry values no musician wrote. Each fix here
+is counted under a stable name in :class:`RepairReport` so `aurl prepare` can say what it changed:
+
+===========================  ====================================================================
+``zero_length_notes``        duration <= 0 -> one 32nd note (``tpq // 8`` ticks, at least 1)
+``overlapping_notes``        a same-pitch note sounding into the next one is cut at its onset
+``duplicate_notes``          same pitch, same onset, same track: only the longest is kept
+``bad_pitch``                pitch outside 0..127 (only possible on a hand-built score): dropped
+``bad_velocity``             velocity outside 1..127: clamped into range
+``absurd_tempos``            tempo outside 10..400 quarters per minute (or mspq <= 0): dropped
+``bad_time_signatures``      numerator 0 or a denominator that is not a power of two: dropped
+``bad_key_signatures``       key outside -7..7 sharps or tonality not 0/1: dropped
+``notes_beyond_gap``         notes after a silent gap of more than ``max_gap_beats``: dropped
+``long_notes_capped``        notes longer than ``max_note_beats``: shortened to that
+``empty_tracks``             tracks with no notes left: removed
+===========================  ====================================================================
+
+Everything works on symusic's numpy views (one array per field), never a Python loop over notes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import symusic
+from symusic import Note, Tempo
+
+MIN_QPM = 10.0
+"""Slowest credible tempo; below this a MIDI file is almost certainly corrupt (issue 2)."""
+MAX_QPM = 400.0
+"""Fastest credible tempo in quarters per minute (issue 2)."""
+MAX_GAP_BEATS = 1024
+"""A silence longer than this (1024 quarters = 256 bars of 4/4, ~8.5 min at 120 BPM) means a
+corrupt delta time pushed the notes after it; FACTS.md shows mutated files with 2**28-tick deltas."""
+MAX_NOTE_BEATS = 64
+"""Longest credible note (16 bars of 4/4). FACTS.md: some music21 Beethoven exports hold notes for
+hundreds of quarters — conversion artefacts, not music."""
+
+
+@dataclass
+class RepairReport:
+    """What a load fixed: ``counts`` maps a fix name (see the module table) to how many times."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, what: str, n: int = 1) -> None:
+        """Count ``n`` more fixes of kind ``what`` (zero counts are not recorded)."""
+        if n:
+            self.counts[what] = self.counts.get(what, 0) + int(n)
+
+    def merge(self, other: RepairReport) -> None:
+        for what, n in other.counts.items():
+            self.add(what, n)
+
+    def __bool__(self) -> bool:
+        return any(self.counts.values())
+
+    def __str__(self) -> str:
+        if not self:
+            return "no repairs"
+        return "repaired " + ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items()))
+
+
+def repair_score(
+    score: symusic.Score,
+    *,
+    max_gap_beats: float = MAX_GAP_BEATS,
+    max_note_beats: float = MAX_NOTE_BEATS,
+) -> tuple[symusic.Score, RepairReport]:
+    """Return a repaired copy of ``score`` (tick time) and what was fixed; the input is untouched."""
+    if max_gap_beats <= 0 or max_note_beats <= 0:
+        raise ValueError(
+            f"max_gap_beats={max_gap_beats} and max_note_beats={max_note_beats} must be > 0"
+        )
+    report = RepairReport()
+    out = score.copy()
+    tpq = max(int(out.ticks_per_quarter), 1)
+
+    for track in out.tracks:
+        track.notes = _fix_notes(track.notes.numpy(), tpq, max_note_beats, report)
+
+    _drop_after_gap(out, int(max_gap_beats * tpq), report)
+
+    kept = [t for t in out.tracks if t.note_num() > 0]
+    report.add("empty_tracks", len(out.tracks) - len(kept))
+    if len(kept) != len(out.tracks):
+        out.tracks = kept
+
+    _fix_meta(out, report)
+    return out, report
+
+
+def _fix_notes(
+    n: dict[str, np.ndarray], tpq: int, max_note_beats: float, report: RepairReport
+) -> symusic.core.NoteTickList:
+    """Fix one track's notes given as symusic's structure-of-arrays dict."""
+    time = n["time"].astype(np.int64)
+    dur = n["duration"].astype(np.int64)
+    pitch = n["pitch"].astype(np.int64)
+    vel = n["velocity"].astype(np.int64)
+
+    ok = (pitch >= 0) & (pitch <= 127) & (time >= 0)
+    report.add("bad_pitch", int((~ok).sum()))
+    time, dur, pitch, vel = time[ok], dur[ok], pitch[ok], vel[ok]
+
+    bad_vel = (vel < 1) | (vel > 127)
+    report.add("bad_velocity", int(bad_vel.sum()))
+    vel = np.clip(vel, 1, 127)
+
+    short = dur <= 0
+    report.add("zero_length_notes", int(short.sum()))
+    dur = np.where(short, max(tpq // 8, 1), dur)
+
+    cap = int(max_note_beats * tpq)
+    long_ = dur > cap
+    report.add("long_notes_capped", int(long_.sum()))
+    dur = np.minimum(dur, cap)
+
+    # Same-pitch overlaps: sort by (pitch, onset, longest first); a note that sounds into the next
+    # onset of its pitch is cut there. A cut to zero is an exact duplicate onset: keep the longest.
+    order = np.lexsort((-dur, time, pitch))
+    time, dur, pitch, vel = time[order], dur[order], pitch[order], vel[order]
+    same_next = np.zeros(len(time), dtype=bool)
+    same_next[:-1] = pitch[:-1] == pitch[1:]
+    next_on = np.empty_like(time)
+    next_on[:-1] = time[1:]
+    overlap = same_next & (time + dur > next_on)
+    duplicate = overlap & (next_on == time)
+    cut = overlap & ~duplicate
+    report.add("overlapping_notes", int(cut.sum()))
+    report.add("duplicate_notes", int(duplicate.sum()))
+    dur = np.where(cut, next_on - time, dur)
+    # For a duplicate, the earlier row (longest) is kept and the later one dropped.
+    keep = np.ones(len(time), dtype=bool)
+    keep[1:] = ~duplicate[:-1]
+    time, dur, pitch, vel = time[keep], dur[keep], pitch[keep], vel[keep]
+
+    order = np.lexsort((pitch, time))
+    return Note.from_numpy(
+        time[order].astype(np.int32),
+        dur[order].astype(np.int32),
+        pitch[order].astype(np.int8),
+        vel[order].astype(np.int8),
+    )
+
+
+def _drop_after_gap(score: symusic.Score, max_gap: int, report: RepairReport) -> None:
+    """Drop the notes that a huge silent gap separates from the bulk of the piece (in place).
+
+    The side of the first such gap holding more notes is kept, so a corrupt delta near the start
+    (pushing nearly everything late) and one near the end (pushing a few stray notes) both work.
+    """
+    onsets = [t.notes.numpy()["time"] for t in score.tracks]
+    if not onsets or sum(len(o) for o in onsets) < 2:
+        return
+    allon = np.sort(np.concatenate(onsets).astype(np.int64))
+    # gap before onset i+1 = that onset - the latest end among notes starting at or before onset i
+    gaps = allon[1:] - _latest_end_before(score)[:-1]
+    big = np.flatnonzero(gaps > max_gap)
+    if len(big) == 0:
+        return
+    # Keep the largest run of notes between huge gaps.
+    bounds = np.concatenate(([0], big + 1, [len(allon)]))
+    sizes = np.diff(bounds)
+    k = int(np.argmax(sizes))
+    lo, hi = int(allon[bounds[k]]), int(allon[bounds[k + 1] - 1])
+    dropped = 0
+    for track in score.tracks:
+        n = track.notes.numpy()
+        keep = (n["time"] >= lo) & (n["time"] <= hi)
+        dropped += int((~keep).sum())
+        if not keep.all():
+            track.notes = Note.from_numpy(
+                *(n[f][keep] for f in ("time", "duration", "pitch", "velocity"))
+            )
+        for name in ("controls", "pedals", "pitch_bends", "lyrics"):
+            events = getattr(track, name)
+            if len(events):
+                events.filter(lambda e, lo=lo, hi=hi: lo <= e.time <= hi + max_gap, inplace=True)
+    report.add("notes_beyond_gap", dropped)
+    for name in ("tempos", "time_signatures", "key_signatures", "markers"):
+        events = getattr(score, name)
+        if len(events):
+            events.filter(lambda e, hi=hi: e.time <= hi, inplace=True)
+
+
+def _latest_end_before(score: symusic.Score) -> np.ndarray:
+    """For each note in onset order, the latest end among notes starting at or before it — so a
+    long held note bridges what would otherwise look like a gap."""
+    time = np.concatenate([t.notes.numpy()["time"] for t in score.tracks]).astype(np.int64)
+    end = time + np.concatenate([t.notes.numpy()["duration"] for t in score.tracks])
+    order = np.argsort(time, kind="stable")
+    return np.maximum.accumulate(end[order])
+
+
+def _fix_meta(score: symusic.Score, report: RepairReport) -> None:
+    """Drop absurd tempo, time-signature and key-signature events (in place)."""
+    if len(score.tempos):
+        t = score.tempos.numpy()
+        mspq = t["mspq"].astype(np.int64)
+        with np.errstate(divide="ignore"):
+            qpm = np.where(mspq > 0, 60e6 / np.maximum(mspq, 1), 0.0)
+        ok = (qpm >= MIN_QPM) & (qpm <= MAX_QPM)
+        if not ok.all():
+            report.add("absurd_tempos", int((~ok).sum()))
+            score.tempos = Tempo.from_numpy(t["time"][ok], t["mspq"][ok])
+    if len(score.time_signatures):
+        before = len(score.time_signatures)
+        score.time_signatures.filter(
+            lambda ts: (
+                ts.numerator > 0
+                and ts.denominator > 0
+                and ts.denominator & (ts.denominator - 1) == 0
+            ),
+            inplace=True,
+        )
+        report.add("bad_time_signatures", before - len(score.time_signatures))
+    if len(score.key_signatures):
+        before = len(score.key_signatures)
+        score.key_signatures.filter(
+            lambda ks: -7 <= ks.key <= 7 and ks.tonality in (0, 1), inplace=True
+        )
+        report.add("bad_key_signatures", before - len(score.key_signatures))
