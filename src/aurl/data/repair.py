@@ -36,9 +36,10 @@ MAX_QPM = 400.0
 MAX_GAP_BEATS = 1024
 """A silence longer than this (1024 quarters = 256 bars of 4/4, ~8.5 min at 120 BPM) means a
 corrupt delta time pushed the notes after it; FACTS.md shows mutated files with 2**28-tick deltas."""
-MAX_NOTE_BEATS = 64
-"""Longest credible note (16 bars of 4/4). FACTS.md: some music21 Beethoven exports hold notes for
-hundreds of quarters — conversion artefacts, not music."""
+MAX_NOTE_BEATS = 256
+"""Longest credible note (64 bars of 4/4). Real files do hold long pads: a string pad in
+real_midi/MIDIs_multitrack/d6caebd1….mid lasts 112 quarters; FACTS.md: some music21 Beethoven
+exports hold notes for hundreds of quarters — conversion artefacts, not music."""
 
 
 @dataclass
@@ -120,24 +121,23 @@ def _fix_notes(
     report.add("long_notes_capped", int(long_.sum()))
     dur = np.minimum(dur, cap)
 
-    # Same-pitch overlaps: sort by (pitch, onset, longest first); a note that sounds into the next
-    # onset of its pitch is cut there. A cut to zero is an exact duplicate onset: keep the longest.
+    # Exact duplicates (same pitch and onset): sort by (pitch, onset, longest first), keep the first.
     order = np.lexsort((-dur, time, pitch))
     time, dur, pitch, vel = time[order], dur[order], pitch[order], vel[order]
-    same_next = np.zeros(len(time), dtype=bool)
-    same_next[:-1] = pitch[:-1] == pitch[1:]
-    next_on = np.empty_like(time)
-    next_on[:-1] = time[1:]
-    overlap = same_next & (time + dur > next_on)
-    duplicate = overlap & (next_on == time)
-    cut = overlap & ~duplicate
-    report.add("overlapping_notes", int(cut.sum()))
+    duplicate = np.zeros(len(time), dtype=bool)
+    duplicate[1:] = (pitch[1:] == pitch[:-1]) & (time[1:] == time[:-1])
     report.add("duplicate_notes", int(duplicate.sum()))
-    dur = np.where(cut, next_on - time, dur)
-    # For a duplicate, the earlier row (longest) is kept and the later one dropped.
-    keep = np.ones(len(time), dtype=bool)
-    keep[1:] = ~duplicate[:-1]
+    keep = ~duplicate
     time, dur, pitch, vel = time[keep], dur[keep], pitch[keep], vel[keep]
+
+    # Same-pitch overlaps: a note still sounding at the next onset of its pitch is cut there
+    # (a MIDI note-on on a sounding pitch ends the first note on most synths anyway).
+    overlap = np.zeros(len(time), dtype=bool)
+    overlap[:-1] = (pitch[:-1] == pitch[1:]) & (time[:-1] + dur[:-1] > time[1:])
+    report.add("overlapping_notes", int(overlap.sum()))
+    cut_to = np.empty_like(time)
+    cut_to[:-1] = time[1:] - time[:-1]
+    dur = np.where(overlap, cut_to, dur)
 
     order = np.lexsort((pitch, time))
     return Note.from_numpy(
@@ -149,25 +149,29 @@ def _fix_notes(
 
 
 def _drop_after_gap(score: symusic.Score, max_gap: int, report: RepairReport) -> None:
-    """Drop the notes that a huge silent gap separates from the bulk of the piece (in place).
+    """Keep only the largest run of notes between silent gaps longer than ``max_gap`` (in place).
 
-    The side of the first such gap holding more notes is kept, so a corrupt delta near the start
-    (pushing nearly everything late) and one near the end (pushing a few stray notes) both work.
+    A corrupt delta near the end pushes a few stray notes late (they are dropped); one near the
+    start pushes nearly everything late: then the kept run is moved back to start within a bar
+    of time 0 (a shift by whole 4/4 bars keeps its grid), with the tempo, meter and key in force
+    there moved along.
     """
-    onsets = [t.notes.numpy()["time"] for t in score.tracks]
-    if not onsets or sum(len(o) for o in onsets) < 2:
+    if sum(t.note_num() for t in score.tracks) < 2:
         return
-    allon = np.sort(np.concatenate(onsets).astype(np.int64))
-    # gap before onset i+1 = that onset - the latest end among notes starting at or before onset i
-    gaps = allon[1:] - _latest_end_before(score)[:-1]
-    big = np.flatnonzero(gaps > max_gap)
+    time = np.concatenate([t.notes.numpy()["time"] for t in score.tracks]).astype(np.int64)
+    end = time + np.concatenate([t.notes.numpy()["duration"] for t in score.tracks])
+    order = np.argsort(time, kind="stable")
+    time, end = time[order], np.maximum.accumulate(end[order])
+    # gap before note i+1 = its onset - the latest end among notes starting at or before note i,
+    # so a long held note bridges what would otherwise look like a gap
+    big = np.flatnonzero(time[1:] - end[:-1] > max_gap)
     if len(big) == 0:
         return
-    # Keep the largest run of notes between huge gaps.
-    bounds = np.concatenate(([0], big + 1, [len(allon)]))
-    sizes = np.diff(bounds)
-    k = int(np.argmax(sizes))
-    lo, hi = int(allon[bounds[k]]), int(allon[bounds[k + 1] - 1])
+    bounds = np.concatenate(([0], big + 1, [len(time)]))
+    k = int(np.argmax(np.diff(bounds)))
+    lo, hi = int(time[bounds[k]]), int(time[bounds[k + 1] - 1])
+    hi_end = int(end[bounds[k + 1] - 1])
+
     dropped = 0
     for track in score.tracks:
         n = track.notes.numpy()
@@ -180,21 +184,23 @@ def _drop_after_gap(score: symusic.Score, max_gap: int, report: RepairReport) ->
         for name in ("controls", "pedals", "pitch_bends", "lyrics"):
             events = getattr(track, name)
             if len(events):
-                events.filter(lambda e, lo=lo, hi=hi: lo <= e.time <= hi + max_gap, inplace=True)
+                events.filter(lambda e, lo=lo, hi=hi_end: lo <= e.time <= hi, inplace=True)
     report.add("notes_beyond_gap", dropped)
+
+    bar = 4 * max(int(score.ticks_per_quarter), 1)
+    shift = (lo // bar) * bar
     for name in ("tempos", "time_signatures", "key_signatures", "markers"):
         events = getattr(score, name)
-        if len(events):
-            events.filter(lambda e, hi=hi: e.time <= hi, inplace=True)
-
-
-def _latest_end_before(score: symusic.Score) -> np.ndarray:
-    """For each note in onset order, the latest end among notes starting at or before it — so a
-    long held note bridges what would otherwise look like a gap."""
-    time = np.concatenate([t.notes.numpy()["time"] for t in score.tracks]).astype(np.int64)
-    end = time + np.concatenate([t.notes.numpy()["duration"] for t in score.tracks])
-    order = np.argsort(time, kind="stable")
-    return np.maximum.accumulate(end[order])
+        before = [e for e in events if e.time <= lo]
+        kept = [e for e in events if lo < e.time <= hi_end]
+        if before and name != "markers":
+            in_force = before[-1].copy()
+            in_force.time = shift  # becomes time 0 after the shift below
+            kept.insert(0, in_force)
+        events.clear()
+        events.extend(kept)
+    if shift:
+        score.shift_time(-shift, inplace=True)
 
 
 def _fix_meta(score: symusic.Score, report: RepairReport) -> None:
