@@ -81,7 +81,7 @@ def test_huge_delta_near_the_start_keeps_the_bulk_and_moves_it_back():
     shift = (late // (4 * tpq)) * 4 * tpq
     assert [n[0] for n in _notes(out)] == [late - shift + i * 480 for i in range(6)]
     assert [(t.time, round(t.qpm)) for t in out.tempos] == [(0, 90), (late - shift + 480, 100)]
-    assert report.counts == {"notes_beyond_gap": 1}
+    assert report.counts == {"notes_beyond_gap": 1, "leading_silence_removed": 1}
 
 
 def test_long_held_note_bridges_a_gap():

@@ -14,6 +14,7 @@ is counted under a stable name in :class:`RepairReport` so `aurl prepare` can sa
 ``bad_time_signatures``      numerator 0 or a denominator that is not a power of two: dropped
 ``bad_key_signatures``       key outside -7..7 sharps or tonality not 0/1: dropped
 ``notes_beyond_gap``         notes after a silent gap of more than ``max_gap_beats``: dropped
+``leading_silence_removed``  the piece starts more than ``max_gap_beats`` late: moved back
 ``long_notes_capped``        notes longer than ``max_note_beats``: shortened to that
 ``empty_tracks``             tracks with no notes left: removed
 ===========================  ====================================================================
@@ -149,14 +150,15 @@ def _fix_notes(
 
 
 def _drop_after_gap(score: symusic.Score, max_gap: int, report: RepairReport) -> None:
-    """Keep only the largest run of notes between silent gaps longer than ``max_gap`` (in place).
+    """Keep only the largest run of notes between silences longer than ``max_gap`` (in place).
 
     A corrupt delta near the end pushes a few stray notes late (they are dropped); one near the
-    start pushes nearly everything late: then the kept run is moved back to start within a bar
-    of time 0 (a shift by whole 4/4 bars keeps its grid), with the tempo, meter and key in force
-    there moved along.
+    start pushes nearly everything late (or a whole track: then the leading silence is the only
+    symptom). When the kept run starts more than ``max_gap`` after time 0 it is moved back to
+    start within a bar of 0 — a shift by whole 4/4 bars keeps its grid — carrying along the
+    tempo, meter and key in force there.
     """
-    if sum(t.note_num() for t in score.tracks) < 2:
+    if score.note_num() == 0:
         return
     time = np.concatenate([t.notes.numpy()["time"] for t in score.tracks]).astype(np.int64)
     end = time + np.concatenate([t.notes.numpy()["duration"] for t in score.tracks])
@@ -165,12 +167,14 @@ def _drop_after_gap(score: symusic.Score, max_gap: int, report: RepairReport) ->
     # gap before note i+1 = its onset - the latest end among notes starting at or before note i,
     # so a long held note bridges what would otherwise look like a gap
     big = np.flatnonzero(time[1:] - end[:-1] > max_gap)
-    if len(big) == 0:
-        return
     bounds = np.concatenate(([0], big + 1, [len(time)]))
     k = int(np.argmax(np.diff(bounds)))
     lo, hi = int(time[bounds[k]]), int(time[bounds[k + 1] - 1])
-    hi_end = int(end[bounds[k + 1] - 1])
+    # other events (controls, pedal releases, tempo) may trail the last note a little
+    hi_end = int(end[bounds[k + 1] - 1]) + max_gap
+    late_start = lo > max_gap
+    if len(big) == 0 and not late_start:
+        return
 
     dropped = 0
     for track in score.tracks:
@@ -181,25 +185,32 @@ def _drop_after_gap(score: symusic.Score, max_gap: int, report: RepairReport) ->
             track.notes = Note.from_numpy(
                 *(n[f][keep] for f in ("time", "duration", "pitch", "velocity"))
             )
+        first = lo if late_start else 0
         for name in ("controls", "pedals", "pitch_bends", "lyrics"):
             events = getattr(track, name)
             if len(events):
-                events.filter(lambda e, lo=lo, hi=hi_end: lo <= e.time <= hi, inplace=True)
+                events.filter(lambda e, lo=first, hi=hi_end: lo <= e.time <= hi, inplace=True)
     report.add("notes_beyond_gap", dropped)
 
     bar = 4 * max(int(score.ticks_per_quarter), 1)
-    shift = (lo // bar) * bar
+    shift = (lo // bar) * bar if late_start else 0
     for name in ("tempos", "time_signatures", "key_signatures", "markers"):
         events = getattr(score, name)
-        before = [e for e in events if e.time <= lo]
-        kept = [e for e in events if lo < e.time <= hi_end]
-        if before and name != "markers":
-            in_force = before[-1].copy()
-            in_force.time = shift  # becomes time 0 after the shift below
-            kept.insert(0, in_force)
+        if not len(events):
+            continue
+        if late_start:
+            before = [e for e in events if e.time <= lo]
+            kept = [e for e in events if lo < e.time <= hi_end]
+            if before and name != "markers":
+                in_force = before[-1].copy()
+                in_force.time = shift  # becomes time 0 after the shift below
+                kept.insert(0, in_force)
+        else:
+            kept = [e for e in events if e.time <= hi_end]
         events.clear()
         events.extend(kept)
     if shift:
+        report.add("leading_silence_removed")
         score.shift_time(-shift, inplace=True)
 
 
