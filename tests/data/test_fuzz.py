@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from aurl.data.midi_io import MidiLoadError, load_score_bytes
+from aurl.data.repair import repair_score
 
 MIDI = Path(__file__).resolve().parent / "midi"
 SEEDS = ("pop909_008.mid", "etude_no4.mid", "multitrack_drums.mid", "maestro_1.mid")
@@ -158,6 +159,8 @@ def check_one(name: str, data: bytes) -> str:
         assert (n["duration"] > 0).all() and (n["time"] >= 0).all(), name
         assert ((n["pitch"] >= 0) & (n["velocity"] >= 1)).all(), name
     assert all(10 <= t.qpm <= 400 for t in score.tempos), name
+    _, second = repair_score(score)
+    assert not second, f"{name}: repair is not idempotent: {second}"
     return "repaired" if report else "ok"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -160,6 +161,10 @@ def _parse_reason(message: str) -> str:
     low = text.lower()
     if "chunk length" in low or "unexpected end" in low or "less than" in low or "eof" in low:
         return f"truncated: {text}"
+    bad_value = re.fullmatch(r"Get (\w+)=(-?\d+)", text)  # e.g. "Get control_value=168"
+    if bad_value:
+        what, value = bad_value.group(1).replace("_", " "), bad_value.group(2)
+        return f"corrupt: {what} {value} is outside MIDI's 0..127 ({text})"
     return f"corrupt: {text}"
 
 
@@ -173,7 +178,9 @@ def _music21_to_score(path: Path) -> symusic.Score:
     import music21  # slow import (~1 s); only notation files need it
 
     try:
-        stream = music21.converter.parse(str(path))
+        # forceSource: music21 otherwise caches parsed files as pickles in its scratch folder
+        # and loads them back later; this project never unpickles (docs/architecture.md)
+        stream = music21.converter.parse(str(path), forceSource=True)
     except Exception as err:  # music21 raises many unrelated types for a bad file
         raise MidiLoadError(path, f"music21 cannot parse: {_one_line(err)}") from None
     attempts = (
