@@ -1,1 +1,1 @@
-"""generation stage."""
+"""Generation: logit filters, constraints, decoding loops, export and the generate/infill pipeline."""

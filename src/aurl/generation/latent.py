@@ -1,0 +1,284 @@
+"""``aurl sample`` / ``interpolate`` / ``vary``: move through a VAE's latent space, write files.
+
+Each command writes the same set as ``aurl generate`` (``piece_XX.mid`` + MusicXML, piano-roll PNG,
+WAV through :func:`aurl.generation.export.export_piece`) and a ``samples.json``.
+
+- sample: ``ceil(bars / bars_per_segment)`` segments per piece sharing ONE global latent drawn from
+  the prior (the bar latents of each segment are drawn from p(z_bar | z_global)), decoded one after
+  the other and concatenated, so a long piece keeps one global character.
+- interpolate: the first segment of each file is encoded to its posterior mean, the two points are
+  joined by slerp (``steps`` points, both ends included) and each point is decoded.
+- vary: the first segment of the input is encoded, perturbed ``num`` times by
+  ``amount`` x prior std (per latent group) and decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aurl.config import atomic_write_text
+from aurl.generation.export import export_piece
+from aurl.generation.pipeline import Piece, Summary, load_model
+from aurl.models.vae import Latents, MusicVAE, cut_segments, pack_segment
+
+log = logging.getLogger(__name__)
+
+TOKENS_PER_BEAT_CAP = 64
+"""Decode budget per beat (Bach averages ~18 tokens per beat; see pipeline.TOKENS_PER_BEAT_CAP)."""
+
+
+def _vae(bundle) -> MusicVAE:
+    model = bundle.model
+    if not isinstance(model, MusicVAE):
+        raise ValueError(
+            f"{bundle.path}: model.mode={bundle.config.model.mode!r} has no latent space; "
+            "train with model.mode=vae or vae_gan (configs/bach_vae.yaml) for sample/interpolate/vary"
+        )
+    return model
+
+
+def _budget(model: MusicVAE) -> int:
+    """Tokens a segment may decode: its bars' cap, within the context left after the prefix."""
+    v = model.cfg.vae
+    prefix = 1 + model.num_bars
+    return min(
+        TOKENS_PER_BEAT_CAP * v.beats_per_bar * v.bars_per_segment,
+        model.cfg.max_seq_len - prefix - 1,
+    )
+
+
+def encode_file(bundle, path: str | os.PathLike) -> Latents:
+    """Posterior mean of the first segment (``bars_per_segment`` bars) of a MIDI/MusicXML file."""
+    from aurl.data.midi_io import load_score
+
+    model, tok = _vae(bundle), bundle.tokenizer
+    v = model.cfg.vae
+    score, report = load_score(path)
+    if report:
+        log.info("%s: repaired (%s)", path, report)
+    ids = np.asarray(tok.encode(score), dtype=np.int64)
+    beats = np.asarray(tok.token_beats(ids), dtype=np.float64)
+    segments = cut_segments(
+        ids,
+        beats,
+        v.bars_per_segment,
+        v.beats_per_bar,
+        v.bars_per_segment,
+        {tok.bos_id, tok.eos_id, tok.pad_id},
+    )
+    if not segments:
+        raise ValueError(f"{path}: no notes to encode (empty after tokenization)")
+    seg, bars = segments[0]
+    length = min(model.cfg.max_seq_len, len(seg) + 2)
+    tokens, bar_ids = pack_segment(
+        seg, bars, v.bars_per_segment, length, tok.bos_id, tok.eos_id, tok.pad_id
+    )
+    device = next(model.parameters()).device
+    t = torch.from_numpy(tokens)[None].to(device)  # (1, T)
+    b = torch.from_numpy(bar_ids)[None].to(device)  # (1, T)
+    with torch.no_grad():
+        post = model.encode(t, t != tok.pad_id, b)
+    return model.posterior_mean(post)
+
+
+def _decode_rows(
+    bundle, latents: Latents, temperature: float, top_p: float, seed: int
+) -> list[list[int]]:
+    model, tok = _vae(bundle), bundle.tokenizer
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows = model.decode(
+        latents, _budget(model), bos_id=tok.bos_id, eos_id=tok.eos_id,
+        temperature=temperature, top_p=top_p, generator=gen,
+    )  # fmt: skip
+    special = {tok.bos_id, tok.eos_id, tok.pad_id}
+    return [[i for i in row if i not in special] for row in rows]
+
+
+def _write(
+    bundle,
+    rows: list[list[int]],
+    out: Path,
+    command: str,
+    seeds: list[int],
+    settings: dict,
+    t0: float,
+) -> Summary:
+    tok = bundle.tokenizer
+    out.mkdir(parents=True, exist_ok=True)
+    elapsed = time.perf_counter() - t0
+    summary = Summary(out, str(bundle.path), elapsed_s=elapsed, command=command)
+    summary.tokens_per_s = sum(map(len, rows)) / max(elapsed, 1e-9)
+    wav = settings.get("wav", True)
+    for i, body in enumerate(rows):
+        ids = [tok.bos_id, *body, tok.eos_id]
+        score = tok.decode(ids)
+        files = export_piece(score, out / f"piece_{i:02d}", wav=wav)
+        beats = float(tok.token_beats(ids)[-1]) if body else 0.0
+        try:
+            seconds = float(score.to("second").end())
+        except (AttributeError, RuntimeError, ValueError):
+            seconds = beats * 0.5
+        summary.pieces.append(
+            Piece(i, seeds[i], len(body), tok.count_notes(ids), beats, seconds, files)
+        )
+    blob = {
+        "command": command,
+        "model": summary.model,
+        "settings": settings,
+        "elapsed_s": round(elapsed, 3),
+        "pieces": [asdict(p) for p in summary.pieces],
+    }
+    atomic_write_text(out / "samples.json", json.dumps(blob, indent=2, default=str) + "\n")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# the three commands (plain keywords; the *_from_args wrappers translate CLI flags)
+
+
+def sample(
+    bundle,
+    *,
+    out: str | os.PathLike,
+    num: int = 8,
+    bars: int = 8,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    wav: bool = True,
+) -> Summary:
+    """``num`` pieces of about ``bars`` bars decoded from prior samples (piece i uses seed + i)."""
+    if num <= 0 or bars <= 0:
+        raise ValueError(f"--num={num} and --bars={bars} must be > 0")
+    model = _vae(bundle)
+    segs = math.ceil(bars / model.cfg.vae.bars_per_segment)
+    t0 = time.perf_counter()
+    rows, seeds = [], []
+    for i in range(num):
+        gen = torch.Generator(device="cpu").manual_seed(seed + i)
+        z = model.sample_latents(1, gen)
+        if segs > 1 and z.z_b is not None:
+            # one global latent for the whole piece, fresh bar latents per segment
+            z_g = z.z_g.expand(segs, -1)
+            mu, logvar = model.bar_prior_params(z_g)
+            eps = torch.randn(mu.shape, generator=gen, device=mu.device)
+            z = Latents(z_g, mu + eps * (0.5 * logvar).exp())
+        elif segs > 1:
+            z = Latents(z.z_g.expand(segs, -1))
+        parts = _decode_rows(bundle, z, temperature, top_p, seed + i)
+        rows.append([t for part in parts for t in part])
+        seeds.append(seed + i)
+    settings = {
+        "num": num,
+        "bars": bars,
+        "seed": seed,
+        "temperature": temperature,
+        "top_p": top_p,
+        "wav": wav,
+    }
+    return _write(bundle, rows, Path(out), "sample", seeds, settings, t0)
+
+
+def interpolate(
+    bundle,
+    a: str | os.PathLike,
+    b: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    steps: int = 6,
+    seed: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    wav: bool = True,
+) -> Summary:
+    """Decode ``steps`` slerp points between the first segments of files ``a`` and ``b``."""
+    model = _vae(bundle)
+    t0 = time.perf_counter()
+    za, zb = encode_file(bundle, a), encode_file(bundle, b)
+    path = model.interpolate(za, zb, steps)
+    rows = _decode_rows(bundle, path, temperature, top_p, seed)
+    settings = {
+        "a": str(a),
+        "b": str(b),
+        "steps": steps,
+        "seed": seed,
+        "temperature": temperature,
+        "wav": wav,
+    }
+    return _write(bundle, rows, Path(out), "interpolate", [seed] * len(rows), settings, t0)
+
+
+def vary(
+    bundle,
+    input: str | os.PathLike,
+    *,
+    out: str | os.PathLike,
+    amount: float = 0.3,
+    num: int = 4,
+    seed: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    wav: bool = True,
+) -> Summary:
+    """``num`` variations: the input's first segment, perturbed by ``amount`` x prior std."""
+    if num <= 0:
+        raise ValueError(f"--num={num} must be > 0")
+    model = _vae(bundle)
+    t0 = time.perf_counter()
+    z = encode_file(bundle, input)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    rows = _decode_rows(bundle, model.vary(z, amount, num, gen), temperature, top_p, seed)
+    settings = {
+        "input": str(input),
+        "amount": amount,
+        "num": num,
+        "seed": seed,
+        "temperature": temperature,
+        "wav": wav,
+    }
+    return _write(bundle, rows, Path(out), "vary", [seed] * len(rows), settings, t0)
+
+
+def _common(args: argparse.Namespace) -> dict:
+    return {
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "wav": not args.no_wav,
+    }
+
+
+def sample_from_args(args: argparse.Namespace) -> Summary:
+    """``aurl sample`` flags -> :func:`sample`."""
+    return sample(
+        load_model(args.model), out=args.out, num=args.num, bars=args.bars, **_common(args)
+    )
+
+
+def interpolate_from_args(args: argparse.Namespace) -> Summary:
+    """``aurl interpolate`` flags -> :func:`interpolate` (temperature 0 = greedy decoding)."""
+    return interpolate(
+        load_model(args.model), args.a, args.b, out=args.out, steps=args.steps, **_common(args)
+    )
+
+
+def vary_from_args(args: argparse.Namespace) -> Summary:
+    """``aurl vary`` flags -> :func:`vary`."""
+    return vary(
+        load_model(args.model),
+        args.input,
+        out=args.out,
+        amount=args.amount,
+        num=args.num,
+        **_common(args),
+    )

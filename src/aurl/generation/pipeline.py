@@ -1,0 +1,551 @@
+"""``aurl generate`` / ``aurl infill``: bundle + prompt + constraints -> files + ``samples.json``.
+
+The ``*_from_args`` functions only translate CLI flags; :func:`generate` and :func:`infill` take
+plain keywords so the HTTP server can call them. Each piece ``i`` is sampled with its own seed
+(``seed + i``), so ``samples.json`` records a one-piece command that reproduces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import symusic
+
+from aurl.config import atomic_write_text
+from aurl.generation import constraints as C
+from aurl.generation.export import SOUNDFONT_HINT, export_piece
+from aurl.generation.sample import StopRule, beam_search, sample, seconds_to_beats, steps_bar
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BPM = 96.0
+"""Tempo when no prompt gives one: music21 writes the Bach chorales at 96 BPM (measured on
+bwv66.6), and the shipped model learned from those."""
+TOKENS_PER_BEAT_CAP = 64
+"""Token budget per beat asked for (Bach averages ~18 tokens per beat), so a model that never
+advances time still stops."""
+
+
+@dataclass
+class Piece:
+    """One written piece and what reproduces it."""
+
+    index: int
+    seed: int
+    new_tokens: int
+    notes: int
+    beats: float
+    seconds: float
+    files: dict[str, str]
+    reproduce: str = ""
+
+
+@dataclass
+class Summary:
+    """What was written where; ``render()`` is the one-screen report the CLI prints."""
+
+    out_dir: Path
+    model: str
+    pieces: list[Piece] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    tokens_per_s: float = 0.0
+    command: str = "generate"
+
+    def render(self) -> str:
+        lines = [
+            f"aurl {self.command}: {len(self.pieces)} piece(s) from {self.model} -> {self.out_dir}"
+        ]
+        for p in self.pieces:
+            kinds = ", ".join(
+                Path(v).suffix[1:]
+                for k, v in p.files.items()
+                if k in ("midi", "musicxml", "png", "wav")
+            )
+            errors = [k for k in p.files if k.endswith("_error")]
+            lines.append(
+                f"  piece_{p.index:02d}  seed {p.seed}  {p.notes} notes  {p.beats:.1f} beats "
+                f"({p.seconds:.1f} s)  {p.new_tokens} new tokens  [{kinds}]"
+                + (f"  FAILED: {', '.join(errors)}" if errors else "")
+            )
+        renderers = {p.files.get("renderer") for p in self.pieces} - {None}
+        if "builtin" in renderers:
+            lines.append(f"  audio: built-in synth (for General MIDI sounds: {SOUNDFONT_HINT})")
+        elif renderers:
+            lines.append(f"  audio: {', '.join(sorted(renderers))}")
+        lines.append(
+            f"  {self.tokens_per_s:.0f} tokens/s, {self.elapsed_s:.1f} s; settings in {self.out_dir / 'samples.json'}"
+        )
+        return "\n".join(lines)
+
+
+def load_model(path: str | os.PathLike):
+    """The bundle at ``path``, with an actionable error when there is none."""
+    from aurl.bundle import load_bundle
+
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(
+            f"no model at {path}: train one with `aurl prepare bach --out data/bach && aurl train "
+            f"--config configs/bach_small.yaml --out runs/bach_small && aurl export runs/bach_small "
+            f"--out {path}` or pass --model DIR"
+        )
+    return load_bundle(path)
+
+
+def parse_range(text: str, what: str) -> tuple[int, int]:
+    """``"36-84"`` -> (36, 84)."""
+    lo, sep, hi = text.partition("-")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit() or int(lo) > int(hi):
+        raise ValueError(f"{what} {text!r} must look like LOW-HIGH with LOW <= HIGH, e.g. 36-84")
+    return int(lo), int(hi)
+
+
+def build_constraints(
+    vocab: C.Vocab,
+    *,
+    key: str | None = None,
+    pitch_range: tuple[int, int] | None = None,
+    max_polyphony: int | None = None,
+    density: float | None = None,
+    soft: bool = False,
+    end_beats: float | None = None,
+) -> C.ConstraintSet:
+    """The grammar plus the named constraints asked for (strict unless ``soft``)."""
+    strict = not soft
+    chosen: list = []
+    if key:
+        chosen.append(C.Key(vocab, key, strict=strict))
+    if pitch_range:
+        chosen.append(C.PitchRange(vocab, *pitch_range, strict=strict))
+    if max_polyphony:
+        chosen.append(C.Polyphony(vocab, max_polyphony, strict=strict))
+    if density:
+        chosen.append(C.Density(vocab, density))
+    if end_beats is not None:
+        chosen.append(C.EndAt(vocab, end_beats))
+    return C.ConstraintSet(vocab, chosen)
+
+
+def _prompt_ids(
+    tokenizer, prompt: str | os.PathLike | None
+) -> tuple[list[int], symusic.Score | None]:
+    """Prompt ids without the final EOS (``[BOS]`` alone without a prompt) and the prompt score."""
+    if prompt is None:
+        return [tokenizer.bos_id], None
+    from aurl.data.midi_io import load_score
+
+    score, report = load_score(prompt)
+    if report:
+        log.info("%s: repaired on load: %s", prompt, report)
+    ids = list(tokenizer.encode(score))
+    while ids and ids[-1] == tokenizer.eos_id:
+        ids.pop()
+    return ids, score
+
+
+def _tempo(score: symusic.Score | None) -> float:
+    if score is not None and len(score.tempos):
+        return float(score.tempos[0].qpm)
+    return DEFAULT_BPM
+
+
+def _with_tempo(score: symusic.Score, bpm: float) -> symusic.Score:
+    score = score.copy()
+    score.tempos = [symusic.Tempo(0, bpm)]
+    return score
+
+
+def generate(
+    bundle,
+    *,
+    out: str | os.PathLike,
+    num: int = 4,
+    bars: int | None = None,
+    seconds: float | None = None,
+    tokens: int | None = None,
+    prompt: str | os.PathLike | None = None,
+    key: str | None = None,
+    pitch_range: tuple[int, int] | None = None,
+    max_polyphony: int | None = None,
+    density: float | None = None,
+    soft: bool = False,
+    beam: int = 1,
+    batch_size: int = 4,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    wav: bool = True,
+    musicxml: bool = True,
+    png: bool = True,
+    use_cache: bool = True,
+) -> Summary:
+    """Generate ``num`` pieces into ``out`` (``piece_XX.*`` + ``samples.json``)."""
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"--num {num} and --batch-size {batch_size} must be >= 1")
+    if sum(x is not None for x in (bars, seconds, tokens)) > 1:
+        raise ValueError("give at most one of --bars, --seconds, --tokens")
+    tok, model = bundle.tokenizer, bundle.model
+    vocab = C.Vocab.from_tokenizer(tok)
+    prompt_ids, prompt_score = _prompt_ids(tok, prompt)
+    bpm = _tempo(prompt_score)
+    start = C.replay(prompt_ids, vocab)
+    bar_len = start.bar_len
+    origin = (
+        math.ceil(start.time / bar_len - C.TIME_EPS) * bar_len
+    )  # new music starts on a bar line
+    end_beats = None
+    if bars is not None:
+        end_beats = origin + bars * bar_len
+    elif seconds is not None:
+        end_beats = start.time + seconds_to_beats(seconds, bpm)
+    if end_beats is not None:
+        max_new = int((end_beats - start.time) * TOKENS_PER_BEAT_CAP) + 64
+    else:
+        max_new = tokens or bundle.config.sample.max_new_tokens
+    filters = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+    }
+    settings = {
+        "num": num,
+        "bars": bars,
+        "seconds": seconds,
+        "tokens": tokens,
+        "prompt": str(prompt) if prompt else None,
+        "key": key,
+        "pitch_range": list(pitch_range) if pitch_range else None,
+        "max_polyphony": max_polyphony,
+        "density": density,
+        "soft": soft,
+        "beam": beam,
+        "batch_size": batch_size,
+        "seed": seed,
+        **filters,
+        "bpm": bpm,
+        "end_beats": end_beats,
+        "max_new_tokens": max_new,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    on_step = steps_bar(
+        max_new * math.ceil(num / batch_size) if beam == 1 else max_new * num, "generate"
+    )
+    done_steps = 0
+    rule = StopRule(tok.eos_id, max_new, end_beats)
+    t0 = time.perf_counter()
+    rows: list[list[int]] = []
+    for first in range(0, num, batch_size if beam == 1 else 1):
+        n = min(batch_size, num - first) if beam == 1 else 1
+        cons = build_constraints(
+            vocab,
+            key=key,
+            pitch_range=pitch_range,
+            max_polyphony=max_polyphony,
+            density=density,
+            soft=soft,
+            end_beats=end_beats,
+        )
+        base = done_steps
+
+        def step(k: int, base: int = base) -> None:
+            on_step(base + k)
+
+        if beam > 1:
+            best, _ = beam_search(
+                model, prompt_ids, beams=beam, rule=rule, constraints=cons, on_step=step
+            )
+            rows.append(best)
+        else:
+            seeds = [seed + first + i for i in range(n)]
+            rows.extend(
+                sample(
+                    model,
+                    prompt_ids,
+                    num=n,
+                    rule=rule,
+                    filters=filters,
+                    constraints=cons,
+                    seeds=seeds,
+                    use_cache=use_cache,
+                    on_step=step,
+                )
+            )
+        done_steps += max_new
+    on_step(on_step.total)  # type: ignore[attr-defined]
+    elapsed = time.perf_counter() - t0
+    summary = Summary(
+        out,
+        str(getattr(bundle, "path", "")),
+        elapsed_s=elapsed,
+        tokens_per_s=sum(map(len, rows)) / max(elapsed, 1e-9),
+    )
+    for i, new in enumerate(rows):
+        ids = C.finish(prompt_ids + new, vocab)
+        score = _with_tempo(tok.decode(ids), bpm)
+        files = export_piece(score, out / f"piece_{i:02d}", wav=wav, musicxml=musicxml, png=png)
+        beats = C.replay(ids, vocab).time
+        piece = Piece(i, seed + i, len(new), tok.count_notes(ids), beats, beats * 60.0 / bpm, files)
+        piece.reproduce = _reproduce_command(bundle, settings, out, seed + i)
+        summary.pieces.append(piece)
+        if end_beats is not None and beats < end_beats - C.TIME_EPS:
+            log.warning(
+                "piece_%02d reached %.1f of %.1f beats within %d tokens",
+                i,
+                beats,
+                end_beats,
+                max_new,
+            )
+    _write_samples_json(out, summary, settings)
+    return summary
+
+
+def _reproduce_command(bundle, settings: dict, out: Path, seed: int) -> str:
+    flags = [
+        f"aurl generate --model {getattr(bundle, 'path', '?')} --out {out}/repro --num 1 --seed {seed}"
+    ]
+    for name in (
+        "bars",
+        "seconds",
+        "tokens",
+        "prompt",
+        "key",
+        "max_polyphony",
+        "density",
+        "beam",
+        "temperature",
+        "top_k",
+        "top_p",
+        "min_p",
+        "repetition_penalty",
+    ):
+        value = settings.get(name)
+        if value is not None and not (name == "beam" and value == 1):
+            flags.append(f"--{name.replace('_', '-')} {value}")
+    if settings.get("pitch_range"):
+        flags.append("--pitch-range {}-{}".format(*settings["pitch_range"]))
+    if settings.get("soft"):
+        flags.append("--soft")
+    return " ".join(flags)
+
+
+def _write_samples_json(out: Path, summary: Summary, settings: dict) -> None:
+    blob = {
+        "command": summary.command,
+        "model": summary.model,
+        "settings": settings,
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "tokens_per_s": round(summary.tokens_per_s, 1),
+        "pieces": [asdict(p) for p in summary.pieces],
+    }
+    atomic_write_text(out / "samples.json", json.dumps(blob, indent=2) + "\n")
+
+
+def _filters_from_args(args: argparse.Namespace) -> dict:
+    return {
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "wav": not args.no_wav,
+    }
+
+
+def generate_from_args(args: argparse.Namespace) -> Summary:
+    """``aurl generate`` flags -> :func:`generate`."""
+    bundle = load_model(args.model)
+    return generate(
+        bundle,
+        out=args.out,
+        num=args.num,
+        bars=args.bars,
+        seconds=args.seconds,
+        tokens=args.tokens,
+        prompt=args.prompt,
+        key=args.key,
+        pitch_range=parse_range(args.pitch_range, "--pitch-range") if args.pitch_range else None,
+        max_polyphony=args.max_polyphony,
+        density=args.density,
+        soft=args.soft,
+        beam=args.beam,
+        batch_size=args.batch_size,
+        **_filters_from_args(args),
+    )
+
+
+def infill_from_args(args: argparse.Namespace) -> Summary:
+    """``aurl infill`` flags -> :func:`infill`."""
+    bundle = load_model(args.model)
+    return infill(
+        bundle,
+        args.input,
+        bars=parse_range(args.bars, "--bars"),
+        out=args.out,
+        **_filters_from_args(args),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# infilling
+
+
+def _time_shifts(vocab: C.Vocab, beats: float) -> list[int]:
+    """TimeShift ids that add up to ``beats`` (greedy, largest first; the grid divides any gap)."""
+    out: list[int] = []
+    shifts = sorted(
+        ((vocab.beats[i], i) for i in range(vocab.size) if vocab.types[i] == "TimeShift"),
+        reverse=True,
+    )
+    left = beats
+    for value, i in shifts:
+        while left >= value - C.TIME_EPS:
+            out.append(int(i))
+            left -= value
+    return out
+
+
+def infill(
+    bundle,
+    input: str | os.PathLike,
+    *,
+    bars: tuple[int, int],
+    out: str | os.PathLike,
+    num: int = 1,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    wav: bool = True,
+) -> Summary:
+    """Regenerate bars ``bars[0]..bars[1]`` (1-based, inclusive) of ``input`` in context.
+
+    The model reads left to right, so the new bars are conditioned on everything *before* them
+    (notes sounding into the first bar are cut there); the bars after are kept as they were, at
+    their original time, and the generated bars end exactly at their start (length constraint).
+    """
+    from aurl.data.midi_io import load_score
+
+    first, last = bars
+    if first < 1:
+        raise ValueError(f"--bars {first}-{last}: bars are numbered from 1")
+    tok, model = bundle.tokenizer, bundle.model
+    vocab = C.Vocab.from_tokenizer(tok)
+    score, _ = load_score(input)
+    q = score.to("quarter")
+    sig = q.time_signatures
+    num_, den = (sig[0].numerator, sig[0].denominator) if len(sig) else (4, 4)
+    bar_q = num_ * 4.0 / den
+    start_q, end_q = (first - 1) * bar_q, last * bar_q
+    if start_q >= q.end():
+        raise ValueError(
+            f"{input}: --bars {first}-{last} starts after the piece ends (bar {int(q.end() // bar_q) + 1})"
+        )
+    before = q.copy()
+    for t in before.tracks:
+        t.notes = [_clip(n, start_q) for n in t.notes if n.time < start_q]
+    prompt = [tok.bos_id]
+    if before.note_num():
+        prompt = [i for i in tok.encode(before.to("tick")) if i != tok.eos_id]
+    to_beats = den / 4.0  # tokenizer beats are the time-signature denominator (FACTS.md)
+    start_b, end_b = start_q * to_beats, end_q * to_beats
+    if vocab.kind != "remi":
+        prompt += _time_shifts(vocab, start_b - C.replay(prompt, vocab).time)
+    filters = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "min_p": min_p,
+        "repetition_penalty": repetition_penalty,
+    }
+    max_new = int((end_b - start_b) * TOKENS_PER_BEAT_CAP) + 64
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    cons = C.ConstraintSet(vocab, [C.EndAt(vocab, end_b)])
+    rows = sample(
+        model,
+        prompt,
+        num=num,
+        rule=StopRule(tok.eos_id, max_new, end_b),
+        filters=filters,
+        constraints=cons,
+        seeds=[seed + i for i in range(num)],
+        on_step=steps_bar(max_new, "infill"),
+    )
+    elapsed = time.perf_counter() - t0
+    summary = Summary(
+        out,
+        str(getattr(bundle, "path", "")),
+        elapsed_s=elapsed,
+        tokens_per_s=sum(map(len, rows)) / max(elapsed, 1e-9),
+        command="infill",
+    )
+    settings = {
+        "input": str(input),
+        "bars": [first, last],
+        "seed": seed,
+        **filters,
+        "start_beats": start_b,
+        "end_beats": end_b,
+        "conditioned_on": f"bars 1-{first - 1} (left context only)",
+    }
+    for i, new in enumerate(rows):
+        gen = tok.decode(C.finish(prompt + new, vocab)).to("quarter")
+        merged = q.copy()
+        for t in merged.tracks:
+            t.notes = [_clip(n, start_q) for n in t.notes if n.time < start_q] + [
+                n for n in t.notes if n.time >= end_q - 1e-9
+            ]
+        added = 0
+        for g in gen.tracks:
+            notes = [_clip(n, end_q) for n in g.notes if start_q - 1e-9 <= n.time < end_q]
+            target = next(
+                (t for t in merged.tracks if t.program == g.program and t.is_drum == g.is_drum),
+                None,
+            )
+            if target is None:
+                target = symusic.Track(g.name, g.program, g.is_drum, ttype="quarter")
+                merged.tracks.append(target)
+            target.notes = sorted([*target.notes, *notes], key=lambda n: (n.time, n.pitch))
+            added += len(notes)
+        result = merged.to("tick")
+        files = export_piece(result, out / f"piece_{i:02d}", wav=wav)
+        summary.pieces.append(
+            Piece(
+                i,
+                seed + i,
+                len(new),
+                added,
+                end_b - start_b,
+                (end_q - start_q) * 60.0 / _tempo(score),
+                files,
+                reproduce=f"aurl infill {input} --bars {first}-{last} --model {getattr(bundle, 'path', '?')} --seed {seed + i} --out {out}/repro",
+            )
+        )
+    _write_samples_json(out, summary, settings)
+    return summary
+
+
+def _clip(note, end: float):
+    """The note, ended at ``end`` beats (quarters) if it sounds past it."""
+    if note.time + note.duration <= end:
+        return note
+    return symusic.Note(
+        note.time, max(end - note.time, 0.0), note.pitch, note.velocity, ttype="quarter"
+    )
