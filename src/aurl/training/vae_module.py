@@ -1,0 +1,522 @@
+"""LightningModule for the vae and vae_gan modes, their segment dataset, KL schedules and metrics.
+
+Shape legend:
+    B  batch    T  tokens per segment (BOS + K bars + EOS, padded)    V  vocabulary
+    K  bars per segment    D / E  global / per-bar latent sizes
+
+Objective (per token, so it sits on the same scale as the LM's ``train/loss``)::
+
+    loss = recon + beta(step) * sum_dims max(KL_dim, free_bits) / tokens_per_segment
+           [+ adv_weight * adv_g + feature_matching_weight * fm   (vae_gan, after gan_warmup_steps)]
+
+``val/loss`` is the negative ELBO per token (beta = 1, no free bits), so it does not move with the
+annealing schedule and early stopping/best checkpoints compare like with like.
+
+VAE-GAN uses Lightning's manual optimization with two AdamW optimizers. The discriminator's step
+goes through the raw torch optimizer so that ``global_step`` counts one step per batch (Lightning
+counts every wrapped ``optimizer.step()``, which would halve ``max_steps`` for a GAN).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from aurl.config import RunConfig, VAEConfig, to_dict
+from aurl.models.discriminator import (
+    MultiScaleDiscriminator,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+    r1_penalty,
+    relaxed_tokens,
+)
+from aurl.models.vae import MusicVAE, VAEOutput, build_vae, cut_segments, gaussian_kl, pack_segment
+from aurl.training.module import lr_factor, param_groups
+
+log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# KL weight (pure)
+
+
+def kl_weight(step: int, cfg: VAEConfig) -> float:
+    """beta at optimizer ``step`` for the configured schedule.
+
+    linear/cosine rise from 0 to beta over kl_warmup_steps; cyclical (Fu et al. 2019) repeats a
+    cycle of 2 * kl_warmup_steps: a linear ramp over the first half (their R = 0.5), then beta.
+    """
+    w = max(1, cfg.kl_warmup_steps)
+    if cfg.kl_schedule == "constant":
+        return cfg.beta
+    if cfg.kl_schedule == "linear":
+        return cfg.beta * min(1.0, step / w)
+    if cfg.kl_schedule == "cosine":
+        return cfg.beta * 0.5 * (1.0 - math.cos(math.pi * min(1.0, step / w)))
+    if cfg.kl_schedule == "cyclical":
+        return cfg.beta * min(1.0, (step % (2 * w)) / w)
+    raise ValueError(
+        f"model.vae.kl_schedule={cfg.kl_schedule!r}; choose linear, cyclical, cosine or constant"
+    )
+
+
+def adapt_beta(beta: float, kl: float, target: float, rate: float) -> float:
+    """One multiplicative controller step toward KL = target (nats per segment).
+
+    beta grows when KL exceeds the target and shrinks below it; clamped to [1e-4, 1e3] so a
+    transient spike cannot drive it to 0 or infinity.
+    """
+    step = rate * (kl - target) / max(target, 1e-6)
+    return float(min(1e3, max(1e-4, beta * math.exp(max(-1.0, min(1.0, step))))))
+
+
+def free_bits_kl(kl: Tensor, free_bits: float) -> Tensor:
+    """Sum over dimensions of max(batch-mean KL per dimension, free_bits) (Kingma et al. 2016).
+
+    kl: (B, ...) KL per latent dimension. Dimensions already under ``free_bits`` nats get no
+    gradient, so the encoder is not pushed to collapse them onto the prior.
+    """
+    per_dim = kl.mean(0)  # (...)
+    return per_dim.clamp_min(free_bits).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# segments cut on bar lines
+
+
+def _split_pieces(prepared, split: str) -> list[np.ndarray]:
+    part = prepared.split(split)
+    get = part.piece if hasattr(part, "piece") else part.__getitem__
+    return [np.asarray(get(i), dtype=np.int64) for i in range(len(part))]
+
+
+class SegmentDataset(Dataset):
+    """Segments of ``bars_per_segment`` bars from a split, as fixed-length padded rows.
+
+    Item ``i`` is a pure function of ``(seed, i)``: index ``i`` maps to segment
+    ``perm_{i // n}[i % n]`` with a permutation seeded by ``(seed, i // n)``, so the endless
+    step-indexed sampler of ``aurl.training.run`` draws every segment once per pass, reproducibly.
+    ``shuffle=False`` keeps the natural order (validation, metrics).
+    """
+
+    def __init__(
+        self,
+        pieces: list[np.ndarray],
+        tokenizer,
+        vcfg: VAEConfig,
+        max_len: int,
+        *,
+        stride_bars: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        self.bos, self.eos, self.pad = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+        special = {self.bos, self.eos, self.pad}
+        stride = stride_bars or vcfg.bars_per_segment
+        self.segments: list[tuple[np.ndarray, np.ndarray]] = []
+        for ids in pieces:
+            beats = np.asarray(tokenizer.token_beats(ids), dtype=np.float64)
+            self.segments.extend(
+                cut_segments(ids, beats, vcfg.bars_per_segment, vcfg.beats_per_bar, stride, special)
+            )
+        if not self.segments:
+            raise ValueError(
+                "no segments: the split has no tokens with timing; check the prepared data"
+            )
+        longest = max(len(s[0]) for s in self.segments) + 2
+        self.length = min(max_len, longest)
+        cut = sum(len(s[0]) + 2 > self.length for s in self.segments)
+        if cut:
+            log.info(
+                "%d of %d segments truncated to %d tokens", cut, len(self.segments), self.length
+            )
+        self.seed, self.shuffle = seed, shuffle
+        self.bars = vcfg.bars_per_segment
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        n = len(self.segments)
+        j = i % n
+        if self.shuffle:
+            j = int(np.random.default_rng((self.seed, i // n)).permutation(n)[j])
+        ids, bars = self.segments[j]
+        tokens, bar_ids = pack_segment(
+            ids, bars, self.bars, self.length, self.bos, self.eos, self.pad
+        )
+        return {"tokens": torch.from_numpy(tokens), "bar_ids": torch.from_numpy(bar_ids)}
+
+
+def open_segment_data(cfg: RunConfig):
+    """The prepared data of ``cfg.data.path`` as segment datasets: (tokenizer, train, val)."""
+    from aurl.data import dataset
+
+    path = Path(cfg.data.path)
+    if not (path / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"{path}: not a prepared data directory (no manifest.json); run `aurl prepare`"
+        )
+    data = dataset.PreparedData(path)
+    v = cfg.model.vae
+    train = SegmentDataset(
+        _split_pieces(data, "train"), data.tokenizer, v, cfg.data.seq_len,
+        stride_bars=v.segment_stride_bars, seed=cfg.trainer.seed,
+    )  # fmt: skip
+    val = SegmentDataset(
+        _split_pieces(data, "val"), data.tokenizer, v, cfg.data.seq_len, shuffle=False
+    )
+    log.info("VAE segments: %d train, %d val (%d tokens each)", len(train), len(val), train.length)
+    return data.tokenizer, train, val
+
+
+# ---------------------------------------------------------------------------------------------
+# the module
+
+
+class VAEModule(pl.LightningModule):
+    """Trains ``build_vae(cfg.model)``; adds the discriminator and manual optimization for vae_gan."""
+
+    def __init__(self, cfg: RunConfig, vocab_size: int) -> None:
+        super().__init__()
+        if vocab_size <= 0:
+            raise ValueError(f"vocab_size={vocab_size} must be > 0 (take it from the tokenizer)")
+        if cfg.model.mode not in ("vae", "vae_gan"):
+            raise ValueError(f"VAEModule needs model.mode vae or vae_gan, got {cfg.model.mode!r}")
+        self.cfg = dataclasses.replace(
+            cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size)
+        )
+        self.vcfg = self.cfg.model.vae
+        self.model: MusicVAE = build_vae(self.cfg.model)
+        self.max_seq_len = self.cfg.model.max_seq_len
+        self.gan = self.cfg.model.mode == "vae_gan"
+        self.discriminator = (
+            MultiScaleDiscriminator(
+                vocab_size, self.cfg.model.d_model, self.vcfg.disc_layers, self.vcfg.disc_windows
+            )
+            if self.gan
+            else None
+        )
+        self.automatic_optimization = not self.gan
+        # Adaptive beta (target_kl) is training state: a buffer, so checkpoints carry it.
+        self.register_buffer("beta_state", torch.tensor(float(self.vcfg.beta)))
+
+    # -- objective ------------------------------------------------------------------------------
+
+    def beta(self) -> float:
+        if self.vcfg.target_kl > 0:
+            return float(self.beta_state)
+        return kl_weight(self.global_step, self.vcfg)
+
+    def vae_terms(self, batch: dict[str, Tensor]) -> tuple[VAEOutput, dict[str, Tensor]]:
+        """Teacher-forced pass and the named loss terms (per-token scale)."""
+        tokens, bar_ids = batch["tokens"].long(), batch["bar_ids"].long()
+        out = self.model(tokens, tokens != 0, bar_ids)
+        per_seg = (tokens[:, 1:] != 0).sum(1).float().mean().clamp_min(1.0)
+        kl_g = out.kl_g.sum(-1).mean()  # nats per segment
+        kl_b = out.kl_b.sum((1, 2)).mean() if out.kl_b is not None else torch.zeros_like(kl_g)
+        fb = free_bits_kl(out.kl_g, self.vcfg.free_bits)
+        if out.kl_b is not None:
+            fb = fb + free_bits_kl(out.kl_b, self.vcfg.free_bits)
+        terms = {
+            "recon": out.recon,
+            "kl": kl_g + kl_b,
+            "kl_global": kl_g,
+            "kl_bar": kl_b,
+            "kl_penalized": fb / per_seg,
+            "elbo_loss": out.recon + (kl_g + kl_b) / per_seg,
+        }
+        return out, terms
+
+    def _log_terms(self, prefix: str, terms: dict[str, Tensor], **kw) -> None:
+        for name, value in terms.items():
+            self.log(f"{prefix}/{name}", value.detach(), **kw)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        out, terms = self.vae_terms(batch)
+        beta = self.beta()
+        loss = terms["recon"] + beta * terms["kl_penalized"]
+        if self.gan:
+            loss = self._gan_step(batch, out, loss, terms)
+        if self.vcfg.target_kl > 0:
+            self.beta_state.fill_(
+                adapt_beta(beta, float(terms["kl"]), self.vcfg.target_kl, self.vcfg.target_kl_rate)
+            )
+        terms["beta"] = torch.tensor(beta)
+        self._log_terms("train", terms, on_step=True, on_epoch=False)
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
+        return None if self.gan else loss
+
+    def _gan_step(
+        self, batch: dict[str, Tensor], out: VAEOutput, vae_loss: Tensor, terms: dict
+    ) -> Tensor:
+        """One discriminator update then one generator (VAE) update; returns the generator loss."""
+        opt_g, opt_d = self.optimizers()
+        sched_g, sched_d = self.lr_schedulers()
+        v, clip = self.vcfg, self.cfg.optim.grad_clip
+        loss = vae_loss
+        if self.global_step >= v.gan_warmup_steps:
+            tgt = batch["tokens"].long()[:, 1:]  # (B, T-1)
+            mask = tgt != 0
+            real = (
+                F.one_hot(tgt, out.logits.shape[-1]).float().requires_grad_(v.r1_weight > 0)
+            )  # (B, T-1, V)
+            fake = relaxed_tokens(out.logits.float(), v.gumbel_tau)  # (B, T-1, V)
+            # discriminator step (fake detached: only D learns here)
+            d_real = self.discriminator(real, mask)
+            d_fake = self.discriminator(fake.detach(), mask)
+            adv_d = discriminator_loss(d_real.scores, d_fake.scores, v.adv_loss)
+            d_total = adv_d
+            if v.r1_weight > 0:
+                r1 = r1_penalty(d_real.scores, real)
+                d_total = d_total + 0.5 * v.r1_weight * r1
+                terms["r1"] = r1
+            opt_d.zero_grad()
+            self.manual_backward(d_total)
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), clip)
+            opt_d.optimizer.step()  # raw step: global_step counts generator steps only
+            sched_d.step()
+            # generator terms through the updated discriminator
+            d_fake_g = self.discriminator(fake, mask)
+            adv_g = generator_loss(d_fake_g.scores, v.adv_loss)
+            fm = feature_matching_loss([f.detach() for f in d_real.features], d_fake_g.features)
+            loss = vae_loss + v.adv_weight * adv_g + v.feature_matching_weight * fm
+            terms.update(adv_d=adv_d, adv_g=adv_g, fm=fm)
+            terms["d_real"] = torch.stack([s.mean() for s in d_real.scores]).mean()
+            terms["d_fake"] = torch.stack([s.mean() for s in d_fake.scores]).mean()
+        opt_g.zero_grad()
+        self.manual_backward(loss)
+        if clip > 0:
+            self.clip_gradients(opt_g, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        sched_g.step()
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out, terms = self.vae_terms(batch)
+        tgt = batch["tokens"].long()[:, 1:]
+        mask = tgt != 0
+        acc = ((out.logits.argmax(-1) == tgt) & mask).sum() / mask.sum().clamp_min(1)
+        self.log(
+            "val/loss",
+            terms["elbo_loss"],
+            prog_bar=True,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+        )
+        for name in ("recon", "kl", "kl_global", "kl_bar"):
+            self.log(f"val/{name}", terms[name], on_step=False, on_epoch=True, sync_dist=True)
+        self.log("val/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
+        return terms["elbo_loss"]
+
+    @torch.no_grad()
+    def sample_ids(self, generator: torch.Generator, num_tokens: int) -> list[int]:
+        """One prior sample for the training callbacks' monitoring MIDI."""
+        was = self.model.training
+        self.model.eval()
+        try:
+            z = self.model.sample_latents(1, generator)
+            return self.model.decode(z, num_tokens, temperature=1.0, generator=generator)[0]
+        finally:
+            self.model.train(was)
+
+    # -- optimizers -----------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        o, total = self.cfg.optim, self.cfg.trainer.max_steps
+        opt = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas)
+
+        def factor(step: int) -> float:
+            return lr_factor(step, o.warmup_steps, total, o.min_lr_ratio)
+
+        first = {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                "interval": "step",
+            },
+        }
+        if not self.gan:
+            return first
+        # TTUR-style separate rate for D (Heusel et al. 2017); betas (0.5, 0.999) as in most GANs.
+        opt_d = torch.optim.AdamW(
+            self.discriminator.parameters(),
+            lr=self.vcfg.disc_lr,
+            betas=(0.5, 0.999),
+            weight_decay=0.0,
+        )
+        sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, factor)
+        return [
+            first,
+            {"optimizer": opt_d, "lr_scheduler": {"scheduler": sched_d, "interval": "step"}},
+        ]
+
+    # -- checkpoint and end of training ---------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["aurl_config"] = to_dict(self.cfg)
+
+    def on_train_end(self) -> None:
+        if self.gan and self.trainer.is_global_zero:
+            try:
+                path = plot_gan_losses(self.trainer.default_root_dir)
+                log.info("GAN loss curves: %s", path)
+            except (FileNotFoundError, ValueError) as exc:
+                log.warning("GAN loss plot not written: %s", exc)
+
+
+# ---------------------------------------------------------------------------------------------
+# plots and metrics
+
+
+GAN_CURVES = ("train/recon", "train/kl", "train/adv_g", "train/adv_d", "train/fm", "train/r1")
+
+
+def plot_gan_losses(run_dir: str | Path) -> Path:
+    """Plot the named loss terms from the run's CSV log into ``run_dir/gan_losses.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    logs = sorted(run_dir.glob("logs/**/metrics.csv"))
+    if not logs:
+        raise FileNotFoundError(f"{run_dir}: no logs/**/metrics.csv (CSV logger) to plot")
+    series: dict[str, list[tuple[int, float]]] = {}
+    with open(logs[0], newline="") as fh:
+        for row in csv.DictReader(fh):
+            for name in GAN_CURVES:
+                if row.get(name) not in (None, ""):
+                    series.setdefault(name, []).append((int(row["step"]), float(row[name])))
+    if not series:
+        raise ValueError(f"{logs[0]}: none of {', '.join(GAN_CURVES)} were logged")
+    fig, axes = plt.subplots(
+        len(series), 1, figsize=(7, 1.8 * len(series)), sharex=True, squeeze=False
+    )
+    for ax, (name, pts) in zip(axes[:, 0], series.items(), strict=True):
+        steps, vals = zip(*pts, strict=True)
+        ax.plot(steps, vals, lw=1)
+        ax.set_ylabel(name.split("/")[-1])
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    out = run_dir / "gan_losses.png"
+    tmp = out.with_name(".gan_losses.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+@torch.no_grad()
+def vae_metrics(
+    bundle_or_model,
+    prepared_data,
+    split: str = "test",
+    *,
+    batch_size: int = 8,
+    max_segments: int = 0,
+    greedy_segments: int = 16,
+) -> dict:
+    """Reconstruction figures of a VAE on one split's non-overlapping segments.
+
+    - ``recon_acc_teacher``: next-token accuracy, teacher-forced, z = posterior mean.
+    - ``recon_acc_greedy``: greedy decode from the posterior mean compared position by position with
+      the segment (first ``greedy_segments`` segments; decoding is the slow part).
+    - ``bits_per_note``: teacher-forced NLL with z = posterior mean, in bits, divided by notes. It is
+      a *reconstruction* NLL -log p(x | z=mu), not a marginal likelihood: it is not comparable with
+      the LM's bits per note. ``elbo_bits_per_note`` (recon at mu + KL) is an upper bound on -log p(x)
+      up to the one-sample approximation.
+    - ``kl_global`` / ``kl_bar``: mean KL per segment (nats) of each latent group.
+    - ``active_units_global`` / ``active_units_bar``: dimensions whose posterior mean varies over the
+      split with variance > 0.01 (Burda et al. 2016).
+    """
+    model: MusicVAE = getattr(bundle_or_model, "model", bundle_or_model)
+    tok = prepared_data.tokenizer
+    cfg = model.cfg
+    ds = SegmentDataset(
+        _split_pieces(prepared_data, split), tok, cfg.vae, cfg.max_seq_len, shuffle=False
+    )
+    n = len(ds) if max_segments <= 0 else min(len(ds), max_segments)
+    was = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nll = correct = count = notes = 0.0
+    kl_g = kl_b = 0.0
+    mus_g, mus_b = [], []
+    greedy_hits = greedy_total = 0
+    try:
+        for start in range(0, n, batch_size):
+            rows = [ds[i] for i in range(start, min(n, start + batch_size))]
+            tokens = torch.stack([r["tokens"] for r in rows]).to(device)
+            bar_ids = torch.stack([r["bar_ids"] for r in rows]).to(device)
+            mask = tokens != 0
+            post = model.encode(tokens, mask, bar_ids)
+            z = model.posterior_mean(post)
+            inp, tgt = tokens[:, :-1], tokens[:, 1:]
+            logits = model.decoder(inp, prefix=model.prefix(z)).logits.float()  # (B, T-1, V)
+            valid = tgt != 0
+            ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")  # (B, T-1)
+            nll += float((ce * valid).sum())
+            correct += float(((logits.argmax(-1) == tgt) & valid).sum())
+            count += float(valid.sum())
+            notes += sum(tok.count_notes(t[t != 0].tolist()) for t in tokens.cpu())
+            zeros = torch.zeros_like(post.mu_g)
+            kl_g += float(gaussian_kl(post.mu_g, post.logvar_g, zeros, zeros).sum())
+            mus_g.append(post.mu_g.cpu())
+            if post.mu_b is not None:
+                mu_p, lv_p = model.bar_prior_params(post.mu_g)
+                kl_b += float(gaussian_kl(post.mu_b, post.logvar_b, mu_p, lv_p).sum())
+                mus_b.append(post.mu_b.flatten(0, 1).cpu())
+            if start < greedy_segments:
+                k = min(len(rows), greedy_segments - start)
+                length = int(mask.sum(1).max())
+                decoded = model.decode(
+                    z.select(slice(0, k)), length - 1, bos_id=tok.bos_id, eos_id=tok.eos_id
+                )
+                for row, ids in zip(tokens[:k].cpu(), decoded, strict=True):
+                    ref = row[row != 0].tolist()[1:]
+                    hyp = ids[1:]
+                    greedy_hits += sum(a == b for a, b in zip(ref, hyp, strict=False))
+                    greedy_total += len(ref)
+    finally:
+        model.train(was)
+
+    def active(mus: list[Tensor]) -> int:
+        if not mus:
+            return 0
+        m = torch.cat(mus)
+        return int((m.var(0) > 0.01).sum()) if len(m) > 1 else 0
+
+    bits = nll / math.log(2)
+    kl_total = kl_g + kl_b
+    return {
+        "split": split,
+        "segments": n,
+        "tokens": int(count),
+        "notes": int(notes),
+        "recon_acc_teacher": correct / max(count, 1.0),
+        "recon_acc_greedy": greedy_hits / max(greedy_total, 1),
+        "greedy_segments": min(n, greedy_segments),
+        "recon_nll_per_token": nll / max(count, 1.0),
+        "bits_per_note": bits / max(notes, 1.0),
+        "elbo_bits_per_note": (bits + kl_total / math.log(2)) / max(notes, 1.0),
+        "kl_global": kl_g / max(n, 1),
+        "kl_bar": kl_b / max(n, 1),
+        "active_units_global": active(mus_g),
+        "active_units_bar": active(mus_b),
+        "latent_dims": {"global": cfg.vae.latent_dim, "bar": cfg.vae.bar_latent_dim},
+    }
