@@ -89,6 +89,17 @@ def test_save_then_load_roundtrips_notes_tempo_and_meta(tmp_path):
     assert [t.mspq for t in again.tempos] == [t.mspq for t in score.tempos]
     assert not list(out.parent.glob(".*.tmp")), "temporary file left behind"
 
+    pop, _ = load_score(MIDI / "pop909_008.mid")
+    save_score(pop, out)
+    again, _ = load_score(out)
+    assert [(t.time, t.numerator, t.denominator) for t in again.time_signatures] == [
+        (t.time, t.numerator, t.denominator) for t in pop.time_signatures
+    ]
+    assert len(pop.key_signatures) == 1
+    assert [(k.time, k.key, k.tonality) for k in again.key_signatures] == [
+        (k.time, k.key, k.tonality) for k in pop.key_signatures
+    ]
+
 
 def test_load_repairs_and_reports(tmp_path, caplog):
     score = symusic.Score(480)
@@ -161,6 +172,30 @@ def test_music21_export_bug_is_retried(tmp_path, monkeypatch, caplog):
         score, _ = load_score(path)
     assert score.note_num() == 5 and len(calls) == 2
     assert "retry (repeats stripped)" in caplog.text
+
+
+def test_music21_reused_object_bug_is_retried_with_a_deep_copy(tmp_path, monkeypatch):
+    import music21
+
+    real = music21.midi.translate.music21ObjectToMidiFile
+    calls = []
+
+    def flaky(stream):  # the first two attempts fail like the reused-TimeSignature bug (FACTS.md)
+        calls.append(stream)
+        if len(calls) <= 2:
+            raise music21.exceptions21.StreamException(
+                "<TimeSignature 3/4> already found in this Stream"
+            )
+        return real(stream)
+
+    monkeypatch.setattr(music21.midi.translate, "music21ObjectToMidiFile", flaky)
+    path = tmp_path / "tune.abc"
+    path.write_text(ABC)
+    score, _ = load_score(path)
+    assert score.note_num() == 5 and len(calls) == 3
+    monkeypatch.setattr(music21.midi.translate, "music21ObjectToMidiFile", lambda s: 1 / 0)
+    msg = _reason(path)
+    assert msg == f"{path}: music21 cannot convert to MIDI: ZeroDivisionError: division by zero"
 
 
 def test_every_shared_dataset_file_loads_except_the_broken_ones(shared_datasets):
