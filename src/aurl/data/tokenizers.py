@@ -79,17 +79,11 @@ def _miditok_config(cfg: TokenizerConfig) -> miditok.TokenizerConfig:
     )
 
 
-def _fix_nested_notes(track: Track) -> int:
-    """End a note where a nested same-pitch note starts (MIDILike FIFO pairing); returns fixes."""
-    notes = track.notes.numpy()
-    if len(notes["time"]) < 2:
-        return 0
-    time, dur, pitch = notes["time"], notes["duration"].copy(), notes["pitch"]
-    end = time + dur
-    order = np.lexsort((-end, time, pitch))
+def _nested_pass(time: np.ndarray, end: np.ndarray, pitch: np.ndarray) -> int:
+    """One sweep ending each note where a nested same-pitch note starts; returns notes changed."""
     fixed = 0
     open_by_pitch: dict[int, list[int]] = {}
-    for i in order:
+    for i in np.lexsort((-end, time, pitch)):
         p, t, e = int(pitch[i]), int(time[i]), int(end[i])
         still_open = []
         for j in open_by_pitch.get(p, []):
@@ -97,20 +91,34 @@ def _fix_nested_notes(track: Track) -> int:
                 continue
             if time[j] < t and end[j] > e:
                 end[j] = t
-                dur[j] = t - time[j]
                 fixed += 1
                 continue
             still_open.append(j)
         still_open.append(i)
         open_by_pitch[p] = still_open
-    if fixed:
-        new = [
-            Note(int(a), int(b), int(c), int(d))
-            for a, b, c, d in zip(time, dur, pitch, notes["velocity"], strict=True)
-        ]
-        track.notes = new
-        track.notes.sort()
     return fixed
+
+
+def _fix_nested_notes(track: Track) -> int:
+    """End a note where a nested same-pitch note starts (MIDILike FIFO pairing); returns fixes.
+
+    Repeated to a fixed point: shortening one note can nest it inside an earlier one (POP909 016).
+    """
+    notes = track.notes.numpy()
+    if len(notes["time"]) < 2:
+        return 0
+    time, pitch = notes["time"], notes["pitch"]
+    end = time + notes["duration"]
+    total = 0
+    while fixed := _nested_pass(time, end, pitch):
+        total += fixed
+    if total:
+        track.notes = [
+            Note(int(a), int(e - a), int(p), int(v))
+            for a, e, p, v in zip(time, end, pitch, notes["velocity"], strict=True)
+        ]
+        track.notes.sort()
+    return total
 
 
 class MusicTokenizer:

@@ -1,0 +1,511 @@
+"""``aurl prepare``: a folder of music files (or ``bach``) -> sharded memmap tokens + manifest.json.
+
+Pipeline (docs/data_format.md has the on-disk format):
+1. list the input files (sorted); keep this slice's files (``num_shards``/``shard_index``, by a hash of
+   the relative path, so every slice is stable when files are added);
+2. tokenize in chunks of ``CHUNK_FILES`` files, in ``workers`` processes; each chunk is committed as
+   one part file (temporary file + rename) under ``OUT/.parts-<key>/``, so an interrupted run
+   resumes where it stopped. Tokenizing, not parsing, bounds this (MidiTok encode is ~200x the
+   symusic parse, FACTS.md);
+3. split by piece group (``corpus.group_key``; a hash, so adding files never reshuffles others);
+4. optional BPE: learn merges on the train split's base ids, then encode every piece from its ids;
+5. write ``tokens/<split>-<k>.bin`` shards, ``<split>.index.npy``, ``pieces.json``,
+   ``tokenizer.json`` and, last, ``manifest.json`` (its presence with the same ``cache_key`` means
+   the directory is complete and is reused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from aurl.config import TokenizerConfig, atomic_write_text, to_dict
+from aurl.data import midi_io
+from aurl.data.corpus import bach_midi_dir, group_key
+from aurl.data.tokenizers import MusicTokenizer
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+CHUNK_FILES = 32
+"""Files per committed part: small enough that a resume loses little, big enough to amortize IPC."""
+SHARD_TOKENS = 1 << 26
+"""Tokens per shard file (128 MiB at uint16)."""
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# summary
+
+
+@dataclass
+class PrepareSummary:
+    """What a prepare (or merge) produced; ``render()`` is the one-screen report the CLI prints."""
+
+    out: Path
+    files_ok: int
+    files_failed: list[dict]
+    files_repaired: int
+    splits: dict[str, dict]
+    tokens_per_beat: float
+    lengths: dict[str, int]
+    seconds: float
+    reused: bool = False
+    vocab_size: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, out: Path, manifest: dict, reused: bool) -> PrepareSummary:
+        return cls(
+            out=out,
+            files_ok=manifest["files_ok"],
+            files_failed=manifest["files_failed"],
+            files_repaired=manifest["files_repaired"],
+            splits=manifest["splits"],
+            tokens_per_beat=manifest["tokens_per_beat"],
+            lengths=manifest["length_percentiles"],
+            seconds=manifest["timings"].get("total", 0.0),
+            reused=reused,
+            vocab_size=manifest["vocab_size"],
+            timings=manifest["timings"],
+        )
+
+    def render(self) -> str:
+        total = self.files_ok + len(self.files_failed)
+        head = "reused cached data (same config and inputs)" if self.reused else "prepared"
+        lines = [
+            f"{head} in {self.out}",
+            f"files: {self.files_ok} ok / {total} ({self.files_repaired} repaired, "
+            f"{len(self.files_failed)} failed)",
+        ]
+        lines += [f"  failed: {f['path']}: {f['reason']}" for f in self.files_failed[:5]]
+        if len(self.files_failed) > 5:
+            lines.append(f"  ... {len(self.files_failed) - 5} more in manifest.json")
+        for name, s in self.splits.items():
+            lines.append(
+                f"{name:>5}: {s['pieces']} pieces, {s['tokens']} tokens, {s['notes']} notes"
+            )
+        pct = ", ".join(f"{k} {v}" for k, v in self.lengths.items())
+        lines.append(
+            f"vocab {self.vocab_size}; tokens per beat {self.tokens_per_beat:.2f}; length {pct}"
+        )
+        lines.append(
+            f"time {self.seconds:.1f} s  "
+            + " ".join(f"{k} {v:.1f}s" for k, v in self.timings.items() if k != "total")
+        )
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs, slices, splits
+
+
+def _stable_unit(text: str) -> float:
+    """A hash of ``text`` mapped to [0, 1): stable across runs, machines and Python versions."""
+    return int(hashlib.sha1(text.encode()).hexdigest()[:12], 16) / float(1 << 48)
+
+
+def _list_inputs(input: str) -> tuple[Path, list[Path]]:
+    if str(input) == "bach":
+        root = bach_midi_dir()
+    else:
+        root = Path(input)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"{root}: not a folder (pass a folder of music files or 'bach')"
+            )
+    return root, midi_io.find_music_files(root)
+
+
+def in_slice(relpath: str, num_shards: int, shard_index: int) -> bool:
+    """Whether a file (by relative path) belongs to slice ``shard_index`` of ``num_shards``."""
+    return num_shards == 1 or int(_stable_unit("slice:" + relpath) * num_shards) == shard_index
+
+
+def assign_splits(
+    groups: list[str], fractions: tuple[float, float, float], seed: int
+) -> dict[str, str]:
+    """Group -> split by a seeded hash of the group name (adding groups never moves others).
+
+    Small corpora: when val or test would be empty and there are >= 3 groups, the groups with the
+    highest hash go to the empty split(s), so a 5-file folder still has something to validate on.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not 0.99 < sum(fractions) < 1.01:
+        raise ValueError(
+            f"splits={fractions} must be three fractions (train, val, test) summing to 1"
+        )
+    edges = np.cumsum(fractions)
+    unit = {g: _stable_unit(f"{seed}:{g}") for g in set(groups)}
+    out = {g: SPLITS[min(int(np.searchsorted(edges, u, side="right")), 2)] for g, u in unit.items()}
+    ranked = sorted(unit, key=unit.get, reverse=True)
+    if len(ranked) >= 3:
+        for i, name in enumerate(("test", "val")):
+            if fractions[SPLITS.index(name)] > 0 and name not in out.values():
+                out[ranked[i]] = name
+    return out
+
+
+def _cache_key(
+    files: list[tuple[str, Path]], cfg: TokenizerConfig, splits, seed, num_shards, shard_index
+) -> str:
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            [FORMAT_VERSION, to_dict(cfg), list(splits), seed, num_shards, shard_index]
+        ).encode()
+    )
+    for rel, path in files:
+        st = path.stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizing chunks (in worker processes)
+
+_WORKER_TOK: MusicTokenizer | None = None
+
+
+def _init_worker(cfg_dict: dict) -> None:
+    global _WORKER_TOK
+    from aurl.config import from_dict
+
+    _WORKER_TOK = MusicTokenizer(from_dict(TokenizerConfig, {**cfg_dict, "bpe_vocab_size": 0}))
+
+
+def _tokenize_chunk(part_path: Path, items: list[tuple[str, str]]) -> list[dict]:
+    """Tokenize ``items`` [(relpath, abspath)] into one part file; returns per-file metadata."""
+    tok = _WORKER_TOK
+    metas, arrays = [], []
+    for rel, path in items:
+        try:
+            score, report = midi_io.load_score(path)
+            base = tok.encode_base(score)
+        except midi_io.MidiLoadError as err:
+            metas.append({"path": rel, "ok": False, "reason": str(err).removeprefix(f"{path}: ")})
+            continue
+        except Exception as err:
+            metas.append(
+                {
+                    "path": rel,
+                    "ok": False,
+                    "reason": f"tokenizer error: {type(err).__name__}: {err}",
+                }
+            )
+            continue
+        beats = tok.token_beats(base)
+        metas.append(
+            {
+                "path": rel,
+                "ok": True,
+                "tokens": len(base),
+                "notes": tok.count_notes(base),
+                "beats": float(beats[-1]) if len(beats) else 0.0,
+                "repairs": dict(report.counts) if report else {},
+            }
+        )
+        arrays.append(base.astype(np.int32))
+    tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+    tmp = part_path.with_name(part_path.name + ".tmp.npz")
+    np.savez(tmp, tokens=tokens, meta=np.frombuffer(json.dumps(metas).encode(), dtype=np.uint8))
+    tmp.replace(part_path)
+    return metas
+
+
+def _read_part(part_path: Path) -> tuple[list[dict], Iterator[np.ndarray]]:
+    with np.load(part_path) as z:
+        metas = json.loads(z["meta"].tobytes())
+        tokens = z["tokens"]
+    offsets = np.cumsum([0] + [m["tokens"] for m in metas if m["ok"]])
+    return metas, (tokens[a:b] for a, b in itertools.pairwise(offsets))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing the prepared directory
+
+
+def _write_dataset(
+    out: Path,
+    tok: MusicTokenizer,
+    pieces: Callable[[str], Iterator[tuple[str, np.ndarray]]],
+    manifest: dict,
+) -> dict:
+    """Write shards, index, pieces.json, tokenizer.json, then manifest.json (last = complete).
+
+    ``pieces(split)`` yields ``(relpath, final ids)`` in relpath order, one piece in memory at a
+    time; ``manifest`` is completed with per-split counts and written.
+    """
+    dtype = np.uint16 if tok.vocab_size < (1 << 16) else np.uint32
+    build = out / f".build-{manifest['cache_key']}"
+    shutil.rmtree(build, ignore_errors=True)
+    (build / "tokens").mkdir(parents=True)
+    split_stats, names, lengths = {}, {}, []
+    for split in SPLITS:
+        rows, shard, shard_fill, fh = [], 0, 0, None
+        names[split] = []
+        notes = tokens = 0
+        for rel, ids in pieces(split):
+            if fh is None or (shard_fill and shard_fill + len(ids) > SHARD_TOKENS):
+                if fh is not None:
+                    fh.close()
+                    shard += 1
+                fh = (build / "tokens" / f"{split}-{shard:05d}.bin").open("wb")
+                shard_fill = 0
+            n = tok.count_notes(ids)
+            fh.write(ids.astype(dtype).tobytes())
+            rows.append((shard, shard_fill, len(ids), n))
+            shard_fill += len(ids)
+            names[split].append(rel)
+            notes += n
+            tokens += len(ids)
+            lengths.append(len(ids))
+        if fh is not None:
+            fh.close()
+        np.save(build / f"{split}.index.npy", np.asarray(rows, dtype=np.int64).reshape(-1, 4))
+        split_stats[split] = {
+            "pieces": len(rows),
+            "tokens": tokens,
+            "notes": notes,
+            "shards": shard + 1 if rows else 0,
+        }
+    tok.save(build)
+    atomic_write_text(build / "pieces.json", json.dumps(names, indent=0))
+    manifest.update(
+        {
+            "format": FORMAT_VERSION,
+            "tokenizer": to_dict(tok.cfg),
+            "tokenizer_hash": tok.hash,
+            "vocab_size": tok.vocab_size,
+            "dtype": np.dtype(dtype).name,
+            "splits": split_stats,
+            "length_percentiles": {
+                f"p{q}": int(np.percentile(lengths, q)) if lengths else 0 for q in (10, 50, 90, 100)
+            },
+        }
+    )
+    # swap in: remove the previous build's data files, move the new ones, manifest last
+    (out / "manifest.json").unlink(missing_ok=True)
+    shutil.rmtree(out / "tokens", ignore_errors=True)
+    for p in build.iterdir():
+        p.replace(out / p.name)
+    build.rmdir()
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _read_manifest(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+
+
+def prepare(
+    input: str,
+    out: Path,
+    tok_cfg: TokenizerConfig,
+    *,
+    workers: int = 1,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    force: bool = False,
+    splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
+    seed: int = 0,
+) -> PrepareSummary:
+    """Tokenize every music file under ``input`` (or ``bach``) into the prepared directory ``out``."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(
+            f"--shard-index {shard_index} must be in 0..{num_shards - 1} (--num-shards {num_shards})"
+        )
+    if workers < 1:
+        raise ValueError(f"--workers {workers} must be >= 1")
+    started = time.perf_counter()
+    out = Path(out)
+    root, paths = _list_inputs(input)
+    items = [(p.relative_to(root).as_posix(), p) for p in paths]
+    items = [(r, p) for r, p in items if in_slice(r, num_shards, shard_index)]
+    if not items:
+        raise ValueError(
+            f"{input}: no music files ({', '.join(midi_io.SUPPORTED_SUFFIXES)}) in this slice"
+        )
+    key = _cache_key(items, tok_cfg, splits, seed, num_shards, shard_index)
+    old = _read_manifest(out)
+    if old and old.get("cache_key") == key and not force:
+        log.info("%s: reusing prepared data (cache key %s); pass --force to rebuild", out, key)
+        return PrepareSummary.from_manifest(out, old, reused=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".parts-*"):
+        if stale.name != f".parts-{key}" or force:
+            shutil.rmtree(stale, ignore_errors=True)
+    parts_dir = out / f".parts-{key}"
+    parts_dir.mkdir(exist_ok=True)
+    chunks = [items[i : i + CHUNK_FILES] for i in range(0, len(items), CHUNK_FILES)]
+    part_paths = [parts_dir / f"part-{i:05d}.npz" for i in range(len(chunks))]
+    todo = [i for i, p in enumerate(part_paths) if not p.exists()]
+    if len(todo) < len(chunks):
+        log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
+    cfg_dict = to_dict(tok_cfg)
+    done = sum(len(c) for i, c in enumerate(chunks) if i not in set(todo))
+    bar = tqdm(
+        total=len(items), initial=done, unit="file", file=sys.stderr, desc="prepare", disable=None
+    )
+    jobs = [(part_paths[i], [(r, str(p)) for r, p in chunks[i]]) for i in todo]
+    if workers == 1:
+        _init_worker(cfg_dict)
+        for path, chunk in jobs:
+            _tokenize_chunk(path, chunk)
+            bar.update(len(chunk))
+    elif jobs:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cfg_dict,)) as pool:
+            futures = {
+                pool.submit(_tokenize_chunk, path, chunk): len(chunk) for path, chunk in jobs
+            }
+            for fut in as_completed(futures):
+                fut.result()
+                bar.update(futures[fut])
+    bar.close()
+    t_tokenize = time.perf_counter() - started
+
+    # collect metadata (tokens stay on disk in the part files)
+    metas = []
+    for part in part_paths:
+        part_metas, _ = _read_part(part)
+        metas += [(m, part) for m in part_metas]
+    ok = [(m, part) for m, part in metas if m["ok"]]
+    failed = [{"path": m["path"], "reason": m["reason"]} for m, _ in metas if not m["ok"]]
+    if not ok:
+        raise ValueError(
+            f"{input}: none of {len(items)} files could be prepared (first: "
+            f"{failed[0]['path']}: {failed[0]['reason']})"
+        )
+    split_of = assign_splits([group_key(m["path"]) for m, _ in ok], splits, seed)
+
+    tok = MusicTokenizer(dataclasses.replace(tok_cfg, bpe_vocab_size=0))
+    t0 = time.perf_counter()
+    if tok_cfg.bpe_vocab_size:
+        tok.train_bpe(
+            (ids for _, ids in _part_pieces(part_paths, split_of, "train")), tok_cfg.bpe_vocab_size
+        )
+    t_bpe = time.perf_counter() - t0
+
+    def pieces(split: str) -> Iterator[tuple[str, np.ndarray]]:
+        for rel, ids in _part_pieces(part_paths, split_of, split):
+            yield rel, tok.apply_bpe(ids)
+
+    t0 = time.perf_counter()
+    total_beats = sum(m["beats"] for m, _ in ok)
+    manifest = {
+        "cache_key": key,
+        "input": str(input),
+        "root": str(root),
+        "slice": {"num_shards": num_shards, "shard_index": shard_index},
+        "split_rule": {"fractions": list(splits), "seed": seed, "by": "sha1(seed:group_key)"},
+        "files_total": len(items),
+        "files_ok": len(ok),
+        "files_failed": failed,
+        "files_repaired": sum(bool(m["repairs"]) for m, _ in ok),
+        "repairs": _sum_counts(m["repairs"] for m, _ in ok),
+        "beats": total_beats,
+    }
+    manifest = _write_dataset(out, tok, pieces, manifest)
+    tokens = sum(s["tokens"] for s in manifest["splits"].values())
+    manifest["tokens_per_beat"] = tokens / total_beats if total_beats else 0.0
+    manifest["timings"] = {
+        "tokenize": round(t_tokenize, 2),
+        "bpe_train": round(t_bpe, 2),
+        "write": round(time.perf_counter() - t0, 2),
+        "total": round(time.perf_counter() - started, 2),
+    }
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return PrepareSummary.from_manifest(out, manifest, reused=False)
+
+
+def _part_pieces(
+    part_paths: list[Path], split_of: dict[str, str], split: str
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Base ids of one split's pieces, streamed part by part (parts are in relpath order)."""
+    for part in part_paths:
+        part_metas, arrays = _read_part(part)
+        for m, ids in zip((m for m in part_metas if m["ok"]), arrays, strict=True):
+            if split_of[group_key(m["path"])] == split:
+                yield m["path"], ids
+
+
+def _sum_counts(dicts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + int(v)
+    return total
+
+
+def merge(parts: list[Path], out: Path) -> PrepareSummary:
+    """Join prepared slices (same tokenizer) into one prepared directory ``out``."""
+    from aurl.data.dataset import PreparedData
+
+    if not parts:
+        raise ValueError("merge needs at least one prepared directory")
+    started = time.perf_counter()
+    datas = [PreparedData(p) for p in parts]
+    hashes = {d.manifest["tokenizer_hash"] for d in datas}
+    if len(hashes) != 1:
+        raise ValueError(
+            f"cannot merge slices prepared with different tokenizers ({', '.join(sorted(hashes))}); "
+            "prepare BPE slices without --bpe, merge, then train BPE on the merged data"
+        )
+    tok = datas[0].tokenizer
+
+    def pieces(split: str) -> Iterator[tuple[str, np.ndarray]]:
+        refs = sorted(
+            ((rel, d.split(split), i) for d in datas for i, rel in enumerate(d.split(split).names)),
+            key=lambda r: r[0],
+        )
+        seen = set()
+        for rel, sd, i in refs:
+            if rel in seen:
+                raise ValueError(
+                    f"{rel} appears in more than one slice; merge slices of one --num-shards run"
+                )
+            seen.add(rel)
+            yield rel, sd.piece(i)
+
+    ms = [d.manifest for d in datas]
+    key = hashlib.sha256("".join(sorted(m["cache_key"] for m in ms)).encode()).hexdigest()[:16]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "cache_key": key,
+        "input": "merge",
+        "merged_from": [str(p) for p in parts],
+        "files_total": sum(m["files_total"] for m in ms),
+        "files_ok": sum(m["files_ok"] for m in ms),
+        "files_failed": [f for m in ms for f in m["files_failed"]],
+        "files_repaired": sum(m["files_repaired"] for m in ms),
+        "repairs": _sum_counts(m["repairs"] for m in ms),
+        "beats": sum(m["beats"] for m in ms),
+        "split_rule": ms[0]["split_rule"],
+    }
+    manifest = _write_dataset(Path(out), tok, pieces, manifest)
+    tokens = sum(s["tokens"] for s in manifest["splits"].values())
+    manifest["tokens_per_beat"] = tokens / manifest["beats"] if manifest["beats"] else 0.0
+    manifest["timings"] = {"total": round(time.perf_counter() - started, 2)}
+    atomic_write_text(Path(out) / "manifest.json", json.dumps(manifest, indent=1))
+    return PrepareSummary.from_manifest(Path(out), manifest, reused=False)
