@@ -107,3 +107,8 @@ def test_report_merge_and_bad_arguments():
     assert a.counts == {"x": 3}
     with pytest.raises(ValueError, match="max_gap_beats=0"):
         repair_score(_score([(0, 1, 60, 80)]), max_gap_beats=0)
+
+
+def test_repair_refuses_scores_not_in_ticks():
+    with pytest.raises(ValueError, match="repair_score works in tick time"):
+        repair_score(_score([(0, 480, 60, 80)]).to("second"))

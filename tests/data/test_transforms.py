@@ -164,3 +164,12 @@ def test_filter_and_merge_tracks_on_a_multitrack_file():
     pitched, drums = T.split_drums(score)
     assert pitched.note_num() + drums.note_num() == score.note_num()
     assert [t.is_drum for t in drums.tracks] == [True]
+
+
+def test_transforms_refuse_scores_not_in_ticks():
+    score = _score((OFF, 0, False)).to("quarter")
+    for fn in (T.quantize, T.merge_tracks, T.split_drums, T.normalize_velocity):
+        with pytest.raises(
+            ValueError, match=r"works in tick time, got a symusic.core.Quarter score"
+        ):
+            fn(score)

@@ -11,7 +11,7 @@ import numpy as np
 import symusic
 from symusic import Tempo
 
-from aurl.data.transforms import note_arrays, set_notes
+from aurl.data.transforms import note_arrays, require_ticks, set_notes
 
 __all__ = [
     "humanize",
@@ -50,6 +50,7 @@ def valid_transpositions(
 def transpose(score: symusic.Score, semitones: int, low: int = 0, high: int = 128) -> symusic.Score:
     """Shift every pitched note by ``semitones``; drums untouched. Raises ``ValueError`` naming
     the offending pitch when a note would leave ``low <= p < high``."""
+    require_ticks(score, "transpose")
     span = _pitched_range(score)
     if span is not None:
         lo, hi = span
@@ -81,6 +82,7 @@ def random_transpose(
 def time_stretch(score: symusic.Score, factor: float) -> symusic.Score:
     """Play ``factor`` times faster (1.1 = 10 % faster) by scaling every tempo event; note ticks are
     unchanged, so the piece stays on its grid and its token sequence changes only in tempo tokens."""
+    require_ticks(score, "time_stretch")
     if not factor > 0:
         raise ValueError(f"time-stretch factor={factor} must be > 0")
     out = score.copy()
@@ -105,6 +107,7 @@ def random_time_stretch(
 
 def scale_velocity(score: symusic.Score, scale: float = 1.0, shift: int = 0) -> symusic.Score:
     """``velocity * scale + shift``, clipped to 1..127, on every track (drums included)."""
+    require_ticks(score, "scale_velocity")
     if not scale > 0:
         raise ValueError(f"velocity scale={scale} must be > 0")
     out = score.copy()
@@ -120,6 +123,7 @@ def substitute_instruments(
 ) -> symusic.Score:
     """With ``probability`` per pitched track, swap its program for another of the same General
     MIDI family (``program // 8``: pianos, organs, guitars, basses, ...). Drum kits untouched."""
+    require_ticks(score, "substitute_instruments")
     if not 0 <= probability <= 1:
         raise ValueError(f"probability={probability} must be in [0, 1]")
     out = score.copy()
@@ -137,6 +141,7 @@ def swing(score: symusic.Score, amount: float, unit_beats: float = 1.0) -> symus
     """Delay the second half of each ``unit_beats`` span: the midpoint moves from 1/2 to
     ``1/2 + amount/6`` of the span, so ``amount=1`` is triplet swing (2:1) and 0 is straight.
     ``unit_beats=1`` swings eighths, ``0.5`` sixteenths. Onsets and ends are warped alike."""
+    require_ticks(score, "swing")
     if not 0 <= amount <= 1:
         raise ValueError(f"swing amount={amount} must be in [0, 1]")
     if not unit_beats > 0:
@@ -169,6 +174,7 @@ def humanize(
 ) -> symusic.Score:
     """Gaussian onset jitter (std ``timing_beats`` of a quarter; 0.02 = 10 ms at 120 BPM, the
     order of human timing deviation) and velocity jitter (std ``velocity_std``); durations kept."""
+    require_ticks(score, "humanize")
     if timing_beats < 0 or velocity_std < 0:
         raise ValueError(
             f"timing_beats={timing_beats} and velocity_std={velocity_std} must be >= 0"

@@ -78,6 +78,10 @@ def repair_score(
         raise ValueError(
             f"max_gap_beats={max_gap_beats} and max_note_beats={max_note_beats} must be > 0"
         )
+    if not isinstance(score, symusic.core.ScoreTick):
+        raise ValueError(
+            f"repair_score works in tick time, got a {score.ttype} score; use score.to('tick')"
+        )
     report = RepairReport()
     out = score.copy()
     tpq = max(int(out.ticks_per_quarter), 1)

@@ -24,11 +24,20 @@ __all__ = [
     "note_arrays",
     "quantize",
     "reduce_polyphony",
+    "require_ticks",
     "set_notes",
     "split_drums",
 ]
 
 _FIELDS = ("time", "duration", "pitch", "velocity")
+
+
+def require_ticks(score: symusic.Score, where: str) -> None:
+    """Raise ``ValueError`` unless ``score`` is in tick time (what ``load_score`` returns)."""
+    if not isinstance(score, symusic.core.ScoreTick):
+        raise ValueError(
+            f"{where} works in tick time, got a {score.ttype} score; use score.to('tick')"
+        )
 
 
 def note_arrays(track: symusic.core.TrackTick) -> dict[str, np.ndarray]:
@@ -79,6 +88,7 @@ def quantize(
 
     A note never ends up shorter than one grid step (groove: one tick).
     """
+    require_ticks(score, "quantize")
     if mode not in QUANTIZE_MODES:
         raise ValueError(
             f"quantize mode={mode!r} is not allowed; choose one of {', '.join(QUANTIZE_MODES)}"
@@ -168,6 +178,7 @@ def normalize_velocity(
     """Scale all velocities by one factor so their mean is ``target_mean`` (before clipping to
     ``low..high``). One multiplicative factor keeps relative dynamics: a note twice as loud as
     another stays so unless clipped. 80 is mezzo-forte in MIDI practice."""
+    require_ticks(score, "normalize_velocity")
     if not 1 <= low <= high <= 127:
         raise ValueError(
             f"velocity bounds low={low}, high={high} must satisfy 1 <= low <= high <= 127"
@@ -195,6 +206,7 @@ def clamp_pitch(
     pitch class and rhythm; needs a range of at least 12); ``drop`` removes it. Folding can land a
     note on one already sounding: run ``repair.repair_score`` after if that matters. Drums untouched.
     """
+    require_ticks(score, "clamp_pitch")
     if mode not in ("fold", "drop"):
         raise ValueError(f"clamp_pitch mode={mode!r} is not allowed; choose fold or drop")
     if not 0 <= low < high <= 128:
@@ -230,6 +242,7 @@ def reduce_polyphony(score: symusic.Score, max_voices: int) -> symusic.Score:
     A held note that loses its slot is cut at the onset; a new one that gets no slot is dropped.
     ``max_voices=1`` keeps the top line. Drum tracks are untouched.
     """
+    require_ticks(score, "reduce_polyphony")
     if max_voices < 1:
         raise ValueError(f"max_voices={max_voices} must be >= 1")
     out = score.copy()
@@ -279,6 +292,7 @@ def reduce_polyphony(score: symusic.Score, max_voices: int) -> symusic.Score:
 
 def split_drums(score: symusic.Score) -> tuple[symusic.Score, symusic.Score]:
     """(pitched tracks only, drum tracks only), each with the score's tempo/meter/key events."""
+    require_ticks(score, "split_drums")
     pitched, drums = score.copy(), score.copy()
     pitched.tracks = [t for t in pitched.tracks if not t.is_drum]
     drums.tracks = [t for t in drums.tracks if t.is_drum]
@@ -294,6 +308,7 @@ def filter_tracks(
     """Keep tracks with at least ``min_notes`` notes; pitched tracks only if their program is in
     ``programs`` (None = any); drum tracks unless ``drop_drums`` (their program is a kit, so the
     ``programs`` filter does not apply to them)."""
+    require_ticks(score, "filter_tracks")
     wanted = None if programs is None else {int(p) for p in programs}
     if wanted is not None and not all(0 <= p <= 127 for p in wanted):
         raise ValueError(f"programs={sorted(wanted)} must be General MIDI numbers 0..127")
@@ -312,6 +327,7 @@ def merge_tracks(score: symusic.Score, by_program: bool = True) -> symusic.Score
     """Merge pitched tracks: one per program (``by_program``) or all into one track carrying the
     program of the track with most notes. Drum tracks merge into one drum track of their own.
     Notes, controls, pedals and pitch bends are concatenated; the order of first appearance is kept."""
+    require_ticks(score, "merge_tracks")
     out = score.copy()
     groups: dict[tuple, list] = {}
     for t in out.tracks:
