@@ -58,10 +58,12 @@ class Rotary(nn.Module):
         t = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
         freqs = torch.outer(t, self.inv_freq)  # (L, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (L, D)
-        self.cos, self.sin = emb.cos(), emb.sin()
+        # sin carries the sign of rotate_half, so applying it is roll + 2 mul + add (fewer ops per
+        # decoded token than chunk + neg + cat)
+        self.cos, self.sin = emb.cos(), torch.cat([-freqs.sin(), freqs.sin()], dim=-1)
 
     def forward(self, length: int, start: int = 0) -> tuple[Tensor, Tensor]:
-        """``(cos, sin)``, each (T, D), for absolute positions ``start .. start+length-1``."""
+        """``(cos, signed sin)``, each (T, D), for absolute positions ``start .. start+length-1``."""
         end = start + length
         if end > self.cos.shape[0]:
             self._build(max(end, 2 * self.cos.shape[0]))
@@ -69,10 +71,12 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` (..., D) by tables ``cos``/``sin`` broadcastable to it; keeps ``x.dtype``."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    """Rotate ``x`` (..., D) by :class:`Rotary` tables broadcastable to it; keeps ``x.dtype``.
+
+    ``x.roll(D/2) * sin`` with the signed sin is ``cat(-x2, x1) * sin`` (GPT-NeoX rotate_half).
+    """
+    y = x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+    return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""Attention kinds: forward+backward time and peak memory by length, and KV-cached decode speed.
+
+    .venv/bin/python benchmarks/bench_attention.py            # full run (~5 minutes on 2 cores)
+    .venv/bin/python benchmarks/bench_attention.py --quick    # smoke run (seconds)
+
+Each measurement runs in a fresh subprocess so one case's allocations cannot hide another's.
+Memory: the subprocess reads its resident set size (psutil) right before the forward+backward and
+its peak resident set size (``ru_maxrss``) right after; ``peak_mib`` is the difference, i.e. how far
+the run pushed the process's high-water mark above its resident size at the start. It counts every
+allocation the run touched (activations, attention scores, gradients, allocator slack), and is a
+lower bound only if an earlier phase (imports, model build) had peaked higher, which for these
+sizes it does not (the model is ~25 MiB).
+Time: the mean wall time of the timed repetitions after one untimed warm-up. Training cases use
+2 threads, decoding 1 thread (``--decode-threads``): on this shared 2-core machine a 1-token step
+is a chain of ~200 tiny ops, and with other processes running, OpenMP's per-op hand-off between
+2 threads cost 3-4x (measured 56 vs 14 ms/token at load average 7). The load average at the start
+of each case is recorded beside it, as these machines are shared.
+Results go to benchmarks/results/attention.json and a Markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from aurl.config import ModelConfig, atomic_write_text
+from aurl.models import build_model, num_parameters
+
+KINDS = ("full", "sliding_window", "hierarchical")
+LENGTHS = (512, 1024, 2048, 4096, 8192)
+RESULTS = Path(__file__).resolve().parent / "results" / "attention.json"
+
+
+def model_config(kind: str, max_len: int) -> ModelConfig:
+    """The bach_small-ish shape: ~6M parameters, d=256, 6 layers, 8 heads."""
+    return ModelConfig(
+        vocab_size=400, d_model=256, n_layers=6, n_heads=8, d_ff=1024, max_seq_len=max_len,
+        dropout=0.0, attention=kind, window=256, global_stride=64,
+    )  # fmt: skip
+
+
+def run_train_case(kind: str, length: int, reps: int) -> dict:
+    """One forward+backward case in this process: memory of the first run, mean time of ``reps``."""
+    torch.manual_seed(0)
+    model = build_model(model_config(kind, length)).train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(1, 400, (1, length + 1), generator=g)
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(x[:, :-1], x[:, 1:]).loss.backward()
+
+    rss_before = psutil.Process().memory_info().rss
+    step()  # warm-up, and the memory measurement
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {
+        "kind": kind, "length": length, "params": num_parameters(model),
+        "fwd_bwd_s": sum(times) / len(times), "tokens_per_s": length / (sum(times) / len(times)),
+        "peak_mib": (peak - rss_before) / 2**20, "reps": reps,
+    }  # fmt: skip
+
+
+def run_decode_case(kind: str, batch: int, prompt: int, new: int) -> dict:
+    """Prefill ``prompt`` tokens, then time ``new`` single-token cached steps (greedy)."""
+    torch.manual_seed(0)
+    model = build_model(model_config(kind, prompt + new)).eval()
+    x = torch.randint(1, 400, (batch, prompt), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        for timed in (False, True):  # the first pass warms up
+            cache = model.new_cache(batch, prompt + new)
+            tok = model(x, cache=cache, logits_for="last").logits.argmax(-1)  # (B, 1)
+            t0 = time.perf_counter()
+            for _ in range(new - 1):
+                tok = model(tok, cache=cache, logits_for="last").logits.argmax(-1)
+            elapsed = time.perf_counter() - t0
+            if timed:
+                break
+    ms = elapsed / (new - 1) * 1e3
+    return {
+        "kind": kind, "batch": batch, "prompt": prompt, "new_tokens": new,
+        "ms_per_step": ms, "tokens_per_s": batch * 1e3 / ms,
+    }  # fmt: skip
+
+
+def in_subprocess(args: list[str], threads: int) -> dict:
+    """Run one ``--case`` in a fresh interpreter with ``threads`` torch threads."""
+    load = os.getloadavg()[0]
+    out = subprocess.run(
+        [sys.executable, __file__, "--threads", str(threads), "--case", *args],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if out.returncode != 0:
+        return {
+            "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed",
+            "args": args,
+        }
+    return json.loads(out.stdout.strip().splitlines()[-1]) | {
+        "threads": threads,
+        "load_avg_1m": load,
+    }
+
+
+def markdown(results: dict, command: str) -> str:
+    lines = [f"`{command}`", "", f"torch {torch.__version__}", ""]
+    lines += [
+        "| kind | tokens | fwd+bwd s | tokens/s | peak MiB | threads | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["train"]:
+        if "error" in r:
+            lines.append(f"| {' '.join(r['args'][1:])} | error: {r['error']} | | | |")
+            continue
+        lines.append(
+            f"| {r['kind']} | {r['length']} | {r['fwd_bwd_s']:.3f} | {r['tokens_per_s']:.0f} | "
+            f"{r['peak_mib']:.0f} | {r['threads']} | {r['load_avg_1m']:.1f} |"
+        )
+    lines += [
+        "",
+        "| kind | batch | prompt | new | ms/step | tokens/s | threads | load |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["decode"]:
+        if "error" in r:
+            lines.append(f"| {' '.join(r['args'][1:])} | error: {r['error']} | | | |")
+            continue
+        lines.append(
+            f"| {r['kind']} | {r['batch']} | {r['prompt']} | {r['new_tokens']} | {r['ms_per_step']:.2f} | "
+            f"{r['tokens_per_s']:.0f} | {r['threads']} | {r['load_avg_1m']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny lengths, for a smoke test")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--decode-threads", type=int, default=1, help="torch threads for decoding")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training cases")
+    parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:  # child process: one measurement, JSON on the last stdout line
+        torch.set_num_threads(args.threads)
+        what, kind, *nums = args.case
+        fn = run_train_case if what == "train" else run_decode_case
+        print(json.dumps(fn(kind, *map(int, nums))))
+        return
+    lengths = (128, 256) if args.quick else LENGTHS
+    prompt, new = (64, 16) if args.quick else (256, 128)
+    results: dict = {"train": [], "decode": [], "torch": torch.__version__}
+    for length in lengths:
+        for kind in KINDS:
+            reps = 2 if length <= 2048 else 1
+            results["train"].append(
+                in_subprocess(["train", kind, str(length), str(reps)], args.threads)
+            )
+            print(results["train"][-1], file=sys.stderr)
+    for batch in (1, 16):
+        for kind in KINDS:
+            case = ["decode", kind, str(batch), str(prompt), str(new)]
+            results["decode"].append(in_subprocess(case, args.decode_threads))
+            print(results["decode"][-1], file=sys.stderr)
+    command = "python benchmarks/bench_attention.py" + (" --quick" if args.quick else "")
+    results["command"] = command
+    atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
+    print(markdown(results, command))
+
+
+if __name__ == "__main__":
+    main()
