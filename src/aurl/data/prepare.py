@@ -136,12 +136,14 @@ def in_slice(relpath: str, num_shards: int, shard_index: int) -> bool:
 
 
 def assign_splits(
-    groups: list[str], fractions: tuple[float, float, float], seed: int
+    groups: list[str], fractions: tuple[float, float, float], seed: int, fill_empty: bool = True
 ) -> dict[str, str]:
     """Group -> split by a seeded hash of the group name (adding groups never moves others).
 
     Small corpora: when val or test would be empty and there are >= 3 groups, the groups with the
     highest hash go to the empty split(s), so a 5-file folder still has something to validate on.
+    Slices (``--num-shards``) pass ``fill_empty=False``: a slice cannot see the other slices' groups,
+    and merged slices must equal one full run.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not 0.99 < sum(fractions) < 1.01:
         raise ValueError(
@@ -151,7 +153,7 @@ def assign_splits(
     unit = {g: _stable_unit(f"{seed}:{g}") for g in set(groups)}
     out = {g: SPLITS[min(int(np.searchsorted(edges, u, side="right")), 2)] for g, u in unit.items()}
     ranked = sorted(unit, key=unit.get, reverse=True)
-    if len(ranked) >= 3:
+    if fill_empty and len(ranked) >= 3:
         for i, name in enumerate(("test", "val")):
             if fractions[SPLITS.index(name)] > 0 and name not in out.values():
                 out[ranked[i]] = name
@@ -396,7 +398,9 @@ def prepare(
             f"{input}: none of {len(items)} files could be prepared (first: "
             f"{failed[0]['path']}: {failed[0]['reason']})"
         )
-    split_of = assign_splits([group_key(m["path"]) for m, _ in ok], splits, seed)
+    split_of = assign_splits(
+        [group_key(m["path"]) for m, _ in ok], splits, seed, fill_empty=num_shards == 1
+    )
 
     tok = MusicTokenizer(dataclasses.replace(tok_cfg, bpe_vocab_size=0))
     t0 = time.perf_counter()

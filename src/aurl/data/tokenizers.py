@@ -349,7 +349,7 @@ class MusicTokenizer:
             words.append([self._tok._ids_to_bytes(c.tolist(), as_one_str=True) for c in chunks])
         if not words:
             raise ValueError("train_bpe needs at least one piece")
-        self._tok.train(vocab_size=vocab_size, model="BPE", iterator=words, show_progress=False)
+        self._tok.train(vocab_size=vocab_size, model="BPE", iterator=words)
         self.cfg = from_dict(TokenizerConfig, {**to_dict(self.cfg), "bpe_vocab_size": vocab_size})
         self._build_tables()
 
