@@ -18,7 +18,9 @@ TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "max_seq_len": 6
 def make_bundle(directory: Path, kind: str = "midilike", **model_kw) -> Path:
     tok = MusicTokenizer(TokenizerConfig(kind=kind))
     model_cfg = ModelConfig(vocab_size=tok.vocab_size, **{**TINY, **model_kw})
-    cfg = RunConfig(tokenizer=tok.cfg, data=DataConfig(seq_len=model_cfg.max_seq_len), model=model_cfg)
+    cfg = RunConfig(
+        tokenizer=tok.cfg, data=DataConfig(seq_len=model_cfg.max_seq_len), model=model_cfg
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     save_bundle(directory, model, cfg, tok)

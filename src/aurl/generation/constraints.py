@@ -432,21 +432,38 @@ class ConstraintSet:
         self.states = [replay(p, self.vocab, SeqState(bar_len=bar_len)) for p in prompts]
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Mask logits (B, V) for the current states; a row never ends fully banned: if the
-        musical constraints leave nothing, the grammar alone decides (logged at debug level)."""
+        """Mask logits (B, V) for the current states. A row never ends fully banned: tokens that
+        open a note (Program, REMI Position) are banned when the strict musical constraints allow
+        no note start (one step of look-ahead), and if a row is still left with nothing, the
+        grammar alone decides (logged at debug level)."""
         B, V = logits.shape
+        v = self.vocab
         hard = np.zeros((B, V), dtype=bool)
         soft = np.zeros((B, V), dtype=bool)
         grammar = np.zeros((B, V), dtype=bool)
+        opens = v.mask_of("Program", "Position")[:V]
         for b, s in enumerate(self.states):
+            musical = np.zeros(V, dtype=bool)
             for c in self.constraints:
                 m = c.banned(s)
                 if m is None:
                     continue
                 m = m[:V]
                 if c is self.constraints[0]:
-                    grammar[b, : len(m)] = m
-                (hard if c.strict else soft)[b, : len(m)] |= m
+                    grammar[b] = m
+                elif c.strict:
+                    musical |= m
+                else:
+                    soft[b] |= m
+            hard[b] = grammar[b] | musical
+            if musical.any() and not (v.note_on[:V] & ~musical).any():
+                keep = hard[b].copy()
+                hard[b] |= opens
+                if v.kind == "midilike" and v.has(
+                    "Program"
+                ):  # a Program may still lead to a NoteOff
+                    for prog, _ in s.sounding:
+                        hard[b, np.flatnonzero(v.program[:V] == prog)] = keep[v.program[:V] == prog]
         hard_t = torch.from_numpy(hard)
         dead = (hard_t | torch.isneginf(logits)).all(dim=-1)  # (B,)
         if dead.any():

@@ -257,10 +257,11 @@ def _beam(model, prompt, beams, rule, constraints, length_alpha, context, on_ste
             on_step(step + 1)
         if not keep_rows:
             break
-        best_alive = max(norm(s, step + 1) for s in keep_score)
-        # Stop once `beams` hypotheses finished and none alive beats the best finished one (with
-        # log-probs <= 0 and mean normalisation an alive beam can still improve, so also cap steps).
-        if len(finished) >= beams and max(f[0] for f in finished) >= best_alive:
+        # Early stop only where it is exact: without length normalisation a sum of log-probs
+        # (<= 0) can only fall, so no alive beam can overtake the best finished one. With it, an
+        # alive beam's mean can still rise, so beams run to EOS or the token cap.
+        best_alive = max(keep_score)
+        if length_alpha == 0 and finished and max(f[0] for f in finished) >= best_alive:
             break
         idx = torch.tensor(keep_rows + [keep_rows[0]] * (beams - len(keep_rows)))
         toks = keep_tok + [keep_tok[0]] * (beams - len(keep_tok))
