@@ -226,6 +226,7 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
     p.add_argument("b", type=Path)
     p.add_argument("--steps", type=int, default=6)
     _add_common_generation(p)
+    p.set_defaults(temperature=0.0)  # greedy: each step shows its latent point, not sampling noise
 
 
 def _add_vary(p: argparse.ArgumentParser) -> None:
@@ -233,6 +234,7 @@ def _add_vary(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amount", type=float, default=0.3)
     p.add_argument("--num", type=int, default=4)
     _add_common_generation(p)
+    p.set_defaults(temperature=0.0)  # greedy: variations come from the latent perturbation
 
 
 def _run_vae(action: str) -> Callable[[argparse.Namespace], int]:

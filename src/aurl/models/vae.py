@@ -34,6 +34,8 @@ from torch import nn
 from aurl.config import ModelConfig, VAEConfig
 
 LOG_2PI = math.log(2 * math.pi)
+PAD_ID = 0
+"""The tokenizer's PAD id (also ignored by MusicTransformer's loss)."""
 
 
 @dataclass
@@ -355,6 +357,8 @@ class MusicVAE(nn.Module):
         out = self.decoder(cur, cache=cache, prefix=prefix, logits_for="last")
         for _ in range(max_tokens):
             logits = out.logits[:, -1].float()  # (B, V)
+            # PAD and BOS never follow BOS inside a segment; an undertrained decoder may rank them first
+            logits[:, [PAD_ID, bos_id]] = float("-inf")
             nxt = _pick(logits, temperature, top_p, generator)  # (B,)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
