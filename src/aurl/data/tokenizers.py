@@ -17,7 +17,9 @@ Decisions (see docs/data_format.md):
   outer note where the inner one starts (what a MIDI synth does on a re-trigger); measured on
   ``real_midi``: this is what made ``d8faddb…mid`` inexact (10 of 2,674 notes).
 - BPE ids are encoded bar by bar (no merge crosses a bar line), splitting the base ids with our own
-  beat positions so that prepared base ids can be BPE-encoded without the score.
+  beat positions so that prepared base ids can be BPE-encoded without the score. MidiTok's own
+  ``encode_ids_split="bar"`` is off: it prepends a Metaspace ``▁`` token to every bar, which made
+  BPE sequences *longer* than the base ones on a small training set.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ def _miditok_config(cfg: TokenizerConfig) -> miditok.TokenizerConfig:
         use_pitch_bends=False,
         use_control_changes=False,
         remove_duplicated_notes=False,
-        encode_ids_split="bar",
+        # "no": MidiTok's own bar split adds a Metaspace "▁" token at every bar start (measured:
+        # BPE output longer than its input on a small corpus); we split bars ourselves instead.
+        encode_ids_split="no",
     )
 
 
