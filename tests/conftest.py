@@ -23,3 +23,38 @@ def shared_datasets() -> Path:
 def test_midi_dir() -> Path:
     """``tests/data/midi``: a few small real MIDI files (see tests/data/README.md)."""
     return TEST_MIDI
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, test_midi_dir) -> Path:
+    """A prepared directory (midilike) of the tests/data/midi files: 2 train, 1 val, 1 test piece."""
+    from aurl.config import TokenizerConfig
+    from aurl.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    summary = prepare(str(test_midi_dir), out, TokenizerConfig(), splits=(0.5, 0.25, 0.25))
+    if summary.files_ok < 3:
+        pytest.fail(f"tiny_data: only {summary.files_ok} files prepared from {test_midi_dir}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data) -> Path:
+    """A run directory of ``aurl train --config configs/tiny.yaml`` on :func:`tiny_data` (20 steps)."""
+    from aurl.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    code = main(
+        [
+            "train",
+            "--config",
+            str(REPO / "configs" / "tiny.yaml"),
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+        ]
+    )
+    if code != 0:
+        pytest.fail(f"aurl train on the tiny config exited with {code}")
+    return out

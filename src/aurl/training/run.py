@@ -95,6 +95,53 @@ class StepSampler(Sampler[int]):
             m += 1
 
 
+class StepData(pl.LightningDataModule):
+    """Loaders built inside each process (ranks known, global step restored).
+
+    ``train`` is a Dataset or a factory ``group -> Dataset`` (group = windows per optimizer step
+    over all ranks), called in ``setup`` where the world size is known.
+    """
+
+    def __init__(
+        self, train: Dataset | Callable[[int], Dataset], val_ds: Dataset, cfg: RunConfig
+    ) -> None:
+        super().__init__()
+        self.train, self.val_ds = train, val_ds
+        self.train_ds: Dataset | None = None
+        self.batch_size, self.accumulate = cfg.optim.batch_size, cfg.optim.accumulate
+        self.num_workers, self.seed = cfg.data.num_workers, cfg.trainer.seed
+
+    def setup(self, stage: str) -> None:
+        if self.train_ds is None:
+            group = self.batch_size * self.trainer.world_size * self.accumulate
+            self.train_ds = self.train if isinstance(self.train, Dataset) else self.train(group)
+
+    def _start(self) -> int:  # micro-batch index where this rank's data stream starts
+        return self.trainer.global_step * self.accumulate
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.trainer
+        return DataLoader(
+            self.train_ds,
+            batch_size=self.batch_size,
+            sampler=StepSampler(
+                self.batch_size, self._start, rank=t.global_rank, world=t.world_size
+            ),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=True,
+            # Own generators: a DataLoader without one draws its worker base seed from the global
+            # RNG each time an iterator starts, which would shift dropout masks after a resume.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_ds, batch_size=self.batch_size, shuffle=False,
+            generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+
+
 class _RNGState(Callback):
     """Saves and restores torch/numpy/python RNG states (plain values, weights_only-safe)."""
 
@@ -137,22 +184,42 @@ class _FinalCheckpoint(Callback):
 
 
 def open_data(cfg: RunConfig):
-    """The prepared data named by ``cfg.data.path``: (tokenizer, train windows, val windows)."""
-    if cfg.model.mode in ("vae", "vae_gan"):  # bar-aligned segments, not LM windows
-        from aurl.training.vae_module import open_segment_data
+    """The prepared data named by ``cfg.data.path``.
 
-        return open_segment_data(cfg)
+    Returns ``(tokenizer, make_train, val_ds)``: ``make_train(group)`` builds the training windows
+    once the number of windows per optimizer step (batch x ranks x accumulation) is known, so the
+    curriculum length of window ``i`` is that of step ``i // group`` on every rank; ``val_ds`` is a
+    fixed set of ``val_batches x batch_size`` seeded windows of the val split.
+    """
     from aurl.data import dataset
 
-    path = Path(cfg.data.path)
-    if not (path / "manifest.json").is_file():
-        raise FileNotFoundError(
-            f"{path}: not a prepared data directory (no manifest.json); run `aurl prepare`"
+    d, t = cfg.data, cfg.trainer
+    data = dataset.PreparedData(d.path)
+    tokenizer = data.tokenizer
+    train_split = data.split("train")
+    augment = dataset.Augment(
+        transpose=d.transpose, velocity_bins=round(d.velocity_jitter * cfg.tokenizer.num_velocities)
+    )
+    if d.time_stretch:
+        log.warning(
+            "data.time_stretch=%s is not applied at token level; prepare stretched data instead",
+            d.time_stretch,
         )
-    data = dataset.PreparedData(path)
-    train_ds = dataset.WindowDataset(data, "train", cfg.data, seed=cfg.trainer.seed)
-    val_ds = dataset.eval_windows(data.split("val"), cfg.data.seq_len)
-    return data.tokenizer, train_ds, val_ds
+    curriculum = dataset.linear_curriculum(d.curriculum_start, d.seq_len, d.curriculum_steps)
+
+    def make_train(group: int) -> Dataset:
+        return dataset.WindowDataset(
+            train_split, d.seq_len, tokenizer=tokenizer, seed=t.seed, batch_size=group,
+            curriculum=curriculum, augment=augment,
+        )  # fmt: skip
+
+    val_split = data.split("val") if len(data.split("val")) else train_split
+    if val_split is train_split:
+        log.warning("%s: empty val split; validating on training windows", d.path)
+    val_ds = dataset.WindowDataset(
+        val_split, d.seq_len, seed=t.seed + 1, size=max(1, t.val_batches) * cfg.optim.batch_size
+    )
+    return tokenizer, make_train, val_ds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +333,7 @@ def fit(
     cfg: RunConfig,
     run_dir: Path,
     tokenizer,
-    train_ds: Dataset,
+    train_ds: Dataset | Callable[[int], Dataset],
     val_ds: Dataset,
     ckpt_path: Path | None = None,
     callbacks: list[Callback] | None = None,
@@ -282,26 +349,12 @@ def fit(
         module.model.compile()  # in place: state_dict keys stay unprefixed
     trainer = build_trainer(cfg, run_dir, tokenizer)
     trainer.callbacks.extend(callbacks or [])
-    accumulate = cfg.optim.accumulate
-
-    def start() -> int:  # micro-batch index where this rank's data stream starts
-        return trainer.global_step * accumulate
-
-    batch = cfg.optim.batch_size
-    train_loader = DataLoader(
-        train_ds,
-        batch_size=batch,
-        sampler=StepSampler(batch, start, rank=trainer.global_rank, world=trainer.world_size),
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
-        drop_last=True,
-    )
-    val_loader = DataLoader(val_ds, batch_size=batch, shuffle=False, num_workers=0)
+    data = StepData(train_ds, val_ds, cfg)
     for lg in trainer.loggers:
         lg.log_hyperparams(_flat(to_dict(cfg)))
     if ckpt_path is not None:
         log.info("resuming %s from %s", run_dir, ckpt_path)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     log.info("training stopped at step %d", trainer.global_step)
     if trainer.is_global_zero:
         _finish(cfg, run_dir, trainer, time.perf_counter() - t0)
