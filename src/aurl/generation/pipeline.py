@@ -432,6 +432,8 @@ def infill(
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
     wav: bool = True,
+    musicxml: bool = True,
+    png: bool = True,
 ) -> Summary:
     """Regenerate bars ``bars[0]..bars[1]`` (1-based, inclusive) of ``input`` in context.
 
@@ -525,7 +527,7 @@ def infill(
             target.notes = sorted([*target.notes, *notes], key=lambda n: (n.time, n.pitch))
             added += len(notes)
         result = merged.to("tick")
-        files = export_piece(result, out / f"piece_{i:02d}", wav=wav)
+        files = export_piece(result, out / f"piece_{i:02d}", wav=wav, musicxml=musicxml, png=png)
         summary.pieces.append(
             Piece(
                 i,
