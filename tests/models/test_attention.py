@@ -9,6 +9,16 @@ from aurl.config import ModelConfig
 from aurl.models import ATTENTION, build_model
 from aurl.models.blocks import FullAttention, HierarchicalAttention, SlidingWindowAttention
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from 2 threads; on a loaded machine the hand-off costs 3-4x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 KINDS = tuple(ATTENTION)
 
 
@@ -99,6 +109,7 @@ def hierarchical_allowed(
 def test_hierarchical_blocked_and_dense_equal_written_out_summaries(
     window: int, stride: int
 ) -> None:
+
     q, k, v = qkv()
     T = q.shape[2]
     local, glob = hierarchical_allowed(T, window, stride)

@@ -17,6 +17,15 @@ from aurl.models.blocks import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from 2 threads; on a loaded machine the hand-off costs 3-4x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -145,3 +154,10 @@ def test_cache_check_room_names_the_fix() -> None:
     cache.check_room(2)
     with pytest.raises(ValueError, match="drop_oldest"):
         cache.check_room(3)
+
+
+def test_attention_dropout_is_its_own_setting() -> None:
+    # attention-probability dropout forces torch's O(T²) math path on CPU, so it is separate
+    block = make_block(block_cfg(dropout=0.2, attn_dropout=0.0))
+    assert block.attn.dropout == 0.0 and block.dropout == 0.2
+    assert make_block(block_cfg(attn_dropout=0.3)).attn.dropout == 0.3

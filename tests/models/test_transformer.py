@@ -16,6 +16,16 @@ from aurl.models import (
     num_parameters,
 )
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from 2 threads; on a loaded machine the hand-off costs 3-4x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 KINDS = ("full", "sliding_window", "hierarchical")
 
 
@@ -42,6 +52,7 @@ def tokens(batch: int, length: int, seed: int = 1, vocab: int = 37) -> torch.Ten
 def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(
     kind: str, position: str
 ) -> None:
+
     model = make(attention=kind, position=position).train()
     x = tokens(2, 30)
     out = model(x, x)
@@ -256,3 +267,16 @@ def test_flops_per_token_counts_matmuls_and_attention() -> None:
     # a window shorter than the context attends to fewer keys
     windowed = tiny(vocab_size=100, d_model=64, n_layers=3, d_ff=256, attention="sliding_window")
     assert estimate_flops_per_token(windowed, 64) < estimate_flops_per_token(cfg, 64)
+
+
+def test_bfloat16_model_decodes_with_cache_close_to_uncached() -> None:
+    model = make().to(torch.bfloat16)
+    x = tokens(1, 20)
+    with torch.no_grad():
+        reference = model(x).logits.float()
+        cache = model.new_cache(1)
+        assert cache.keys.dtype == torch.bfloat16
+        steps = [model(x[:, :10], cache=cache).logits]
+        steps += [model(x[:, t : t + 1], cache=cache).logits for t in range(10, 20)]
+    # bf16 keeps ~3 significant digits; the logits are O(0.1) at init
+    torch.testing.assert_close(torch.cat(steps, 1).float(), reference, atol=2e-2, rtol=0)
