@@ -6,6 +6,7 @@ import symusic
 from aurl.data.midi_io import load_score
 from aurl.generation import constraints as C
 from aurl.generation import pipeline
+from aurl.generation.infill import infill
 
 FAST = {"wav": False, "musicxml": False, "png": False}
 
@@ -90,7 +91,7 @@ def test_beam_search_pipeline_writes_one_piece_per_request(tiny_bundle, tmp_path
 
 def test_infill_keeps_everything_outside_the_bars(tiny_bundle, tmp_path, etude):
     original = notes_q(etude)  # 8/4 throughout the first bars: bar 2 = quarters 8-16
-    summary = pipeline.infill(tiny_bundle, etude, bars=(2, 2), out=tmp_path, **FAST)
+    summary = infill(tiny_bundle, etude, bars=(2, 2), out=tmp_path, **FAST)
     result = notes_q(summary.pieces[0].files["midi"])
 
     def outside(notes):
