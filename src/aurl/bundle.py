@@ -127,9 +127,15 @@ def _load_dir(directory: Path, device: str | torch.device) -> Bundle:
             f"{tokenizer.vocab_size} ids; the bundle is inconsistent, re-export it"
         )
     model = _build(cfg)
-    missing, unexpected = load_model(
-        model, directory / WEIGHTS_FILE, strict=False, device=str(device)
-    )
+    try:
+        missing, unexpected = load_model(
+            model, directory / WEIGHTS_FILE, strict=False, device=str(device)
+        )
+    except RuntimeError as exc:  # shape mismatches
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:2]), str(exc))
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE}: weights do not fit {directory / CONFIG_FILE} ({first})"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"{directory / WEIGHTS_FILE}: weights do not fit the config "
@@ -162,7 +168,10 @@ def load_checkpoint_model(ckpt: Path, device: str | torch.device = "cpu") -> Bun
     tokenizer = _load_tokenizer(run_dir)
     model = _build(cfg)
     state = model_state_from_checkpoint(checkpoint, ckpt)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"{ckpt}: weights do not fit its aurl_config ({exc})") from None
     # A tied output weight may be stored under one name only; anything else missing is an error.
     missing = [k for k in missing if not _is_tied_alias(model, k)]
     if missing or unexpected:
