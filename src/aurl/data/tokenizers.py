@@ -222,17 +222,13 @@ class MusicTokenizer:
 
     def _bar_chunks(self, base: np.ndarray) -> Iterable[tuple[np.ndarray, bool]]:
         """Split base ids at bar lines and around special tokens: (chunk, is_special)."""
+        if len(base) == 0:
+            return
         bars = np.floor_divide(self._base_beats(base), BEATS_PER_BAR).astype(np.int64)
         special = self._base_type[base] == 0
-        start = 0
-        for i in range(1, len(base) + 1):
-            if i == len(base) or special[i] != special[i - 1] or (bars[i] != bars[i - 1]):
-                if special[start]:
-                    for j in range(start, i):
-                        yield base[j : j + 1], True
-                else:
-                    yield base[start:i], False
-                start = i
+        cut = (bars[1:] != bars[:-1]) | special[1:] | special[:-1]  # specials stand alone
+        for chunk in np.split(base, np.flatnonzero(cut) + 1):
+            yield chunk, bool(self._base_type[chunk[0]] == 0)
 
     def expand(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Base ids of a (possibly BPE) id sequence; ids outside the vocabulary raise ValueError."""
@@ -263,16 +259,12 @@ class MusicTokenizer:
         if self.cfg.kind != "remi":
             return np.cumsum(steps) / self.cfg.steps_per_beat
         # REMI: Bar opens the next bar, Position_k sets the step inside the current bar
-        out = np.empty(len(base), dtype=np.float64)
-        bar, pos = -1, 0
-        bar_steps = BEATS_PER_BAR * self.cfg.steps_per_beat
-        for i, t in enumerate(base):
-            if self._base_is_bar[t]:
-                bar, pos = bar + 1, 0
-            elif self._base_position[t] >= 0:
-                pos = int(self._base_position[t])
-            out[i] = (max(bar, 0) * bar_steps + pos) / self.cfg.steps_per_beat
-        return out
+        is_bar = self._base_is_bar[base]
+        marker = np.where(is_bar, 0, self._base_position[base])  # -1 where neither
+        last = np.maximum.accumulate(np.where(marker >= 0, np.arange(len(base)), 0))
+        pos = np.maximum(marker[last], 0) if len(base) else marker
+        bar = np.maximum(np.cumsum(is_bar) - 1, 0)
+        return (bar * BEATS_PER_BAR * self.cfg.steps_per_beat + pos) / self.cfg.steps_per_beat
 
     def token_beats(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Time in beats after each token is read (a BPE token takes its last base token's)."""
