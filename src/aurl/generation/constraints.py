@@ -240,7 +240,7 @@ def replay(ids: Sequence[int], vocab: Vocab, state: SeqState | None = None) -> S
 
 class Grammar:
     """Only tokens that keep the sequence decodable: event order per scheme, NoteOff only for a
-    sounding pitch, no repeated NoteOn of a sounding pitch, REMI positions increasing inside the
+    pitch sounding since an earlier time step, no repeated NoteOn of a sounding pitch, REMI positions increasing inside the
     bar, no EOS before the first note (nor, for MIDILike, while notes still sound)."""
 
     strict = True
@@ -287,10 +287,15 @@ class Grammar:
         if v.kind == "midilike" and ok[self.is_note_off].any():
             # NoteOff only for pitches sounding in the current program; NoteOn only for silent ones.
             ok &= ~self.is_note_off
-            sounding = [p for (prog, p) in s.sounding if prog == s.program or not v.has("Program")]
-            ids = np.flatnonzero(self.is_note_off & np.isin(v.pitch, sounding))
-            ok[ids] = True
-            ok[self.is_note_on & np.isin(v.pitch, sounding)] = False
+            mine = {
+                p: on
+                for (prog, p), (on, _) in s.sounding.items()
+                if prog == s.program or not v.has("Program")
+            }
+            # a note must last at least one grid step: no NoteOff at its own onset (zero length)
+            ended = [p for p, on in mine.items() if on < s.time - TIME_EPS]
+            ok[self.is_note_off & np.isin(v.pitch, ended)] = True
+            ok[self.is_note_on & np.isin(v.pitch, list(mine))] = False
         if v.kind == "remi" and s.phase in ("bar", "event"):
             steps = v.position
             ok &= ~((steps >= 0) & ((steps <= s.last_position) | (steps >= s.bar_len * v.res)))
@@ -387,6 +392,8 @@ class EndAt:
         v = self.vocab
         left = self.beats - s.time
         out = self.shift & (v.beats > left + TIME_EPS)
+        if left <= TIME_EPS:  # a note starting at the end would have no room to sound
+            out = out | v.note_on
         if v.kind == "remi":
             out = out | (
                 (v.position >= 0) & (s.bar_start + v.position / v.res >= self.beats - TIME_EPS)
@@ -462,7 +469,9 @@ class ConstraintSet:
                 if v.kind == "midilike" and v.has(
                     "Program"
                 ):  # a Program may still lead to a NoteOff
-                    for prog, _ in s.sounding:
+                    for (prog, _), (on, _) in s.sounding.items():
+                        if on >= s.time - TIME_EPS:
+                            continue  # began now: cannot end yet
                         hard[b, np.flatnonzero(v.program[:V] == prog)] = keep[v.program[:V] == prog]
         hard_t = torch.from_numpy(hard)
         dead = (hard_t | torch.isneginf(logits)).all(dim=-1)  # (B,)

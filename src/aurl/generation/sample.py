@@ -156,7 +156,12 @@ def _sample(model, prompt, num, rule, filters, constraints, seeds, use_cache, co
     device = next(model.parameters()).device
     seeds = list(seeds) if seeds is not None else list(range(num))
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    history = torch.tensor([list(prompt)] * num, dtype=torch.long, device=device)  # (B, T0)
+    T0 = len(prompt)
+    buffer = torch.empty(
+        num, T0 + rule.max_new_tokens, dtype=torch.long, device=device
+    )  # (B, T_max)
+    buffer[:, :T0] = torch.tensor(list(prompt), dtype=torch.long)
+    history = buffer[:, :T0]  # a view: appending a token is one write, no torch.cat copy
     if constraints is not None:
         constraints.start([list(prompt)] * num)
     window = _Window(model, num, use_cache, context)
@@ -167,7 +172,7 @@ def _sample(model, prompt, num, rule, filters, constraints, seeds, use_cache, co
         if constraints is not None:
             logits = constraints.apply(logits.cpu())
         # the repetition penalty looks 256 tokens back (about two bars of a chorale)
-        logits = apply_filters(logits, filters or {}, history[:, -256:].cpu())
+        logits = apply_filters(logits, filters or {}, history[:, -256:].cpu() if filters else None)
         nxt = _draw(torch.softmax(logits, dim=-1), gens)  # (B,)
         nxt[done] = rule.eos_id
         for b, tok in enumerate(nxt.tolist()):
@@ -181,7 +186,9 @@ def _sample(model, prompt, num, rule, filters, constraints, seeds, use_cache, co
             on_step(step + 1)
         if bool(done.all()) or step + 1 == rule.max_new_tokens:
             break
-        history = torch.cat([history, nxt.to(device)[:, None]], dim=1)  # (B, T+1); ids only, cheap
+        T = history.shape[1]
+        buffer[:, T] = nxt.to(device)
+        history = buffer[:, : T + 1]  # (B, T+1)
         logits = window.next(history)
     return new
 
