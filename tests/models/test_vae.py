@@ -81,7 +81,9 @@ def test_cached_greedy_decode_equals_full_recompute():
     ids = torch.ones(3, 1, dtype=torch.long)
     with torch.no_grad():
         for _ in range(12):
-            nxt = model.decoder(ids, prefix=prefix).logits[:, -1].argmax(-1, keepdim=True)
+            logits = model.decoder(ids, prefix=prefix).logits[:, -1]
+            logits[:, [0, 1]] = float("-inf")  # decode never emits PAD or BOS
+            nxt = logits.argmax(-1, keepdim=True)
             ids = torch.cat([ids, nxt], dim=1)
     assert ids.tolist() == rows
 

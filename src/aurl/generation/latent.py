@@ -61,23 +61,26 @@ def encode_file(bundle, path: str | os.PathLike) -> Latents:
     """Posterior mean of the first segment (``bars_per_segment`` bars) of a MIDI/MusicXML file."""
     from aurl.data.midi_io import load_score
 
-    model, tok = _vae(bundle), bundle.tokenizer
-    v = model.cfg.vae
     score, report = load_score(path)
     if report:
         log.info("%s: repaired (%s)", path, report)
-    ids = np.asarray(tok.encode(score), dtype=np.int64)
+    ids = np.asarray(bundle.tokenizer.encode(score), dtype=np.int64)
+    try:
+        return encode_ids(_vae(bundle), bundle.tokenizer, ids)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
+    """Posterior mean of the first segment of a token sequence (a whole piece is fine)."""
+    v = model.cfg.vae
     beats = np.asarray(tok.token_beats(ids), dtype=np.float64)
+    special = {tok.bos_id, tok.eos_id, tok.pad_id}
     segments = cut_segments(
-        ids,
-        beats,
-        v.bars_per_segment,
-        v.beats_per_bar,
-        v.bars_per_segment,
-        {tok.bos_id, tok.eos_id, tok.pad_id},
+        ids, beats, v.bars_per_segment, v.beats_per_bar, v.bars_per_segment, special
     )
     if not segments:
-        raise ValueError(f"{path}: no notes to encode (empty after tokenization)")
+        raise ValueError("no notes to encode (empty after tokenization)")
     seg, bars = segments[0]
     length = min(model.cfg.max_seq_len, len(seg) + 2)
     tokens, bar_ids = pack_segment(
@@ -91,7 +94,7 @@ def encode_file(bundle, path: str | os.PathLike) -> Latents:
     return model.posterior_mean(post)
 
 
-def _decode_rows(
+def decode_rows(
     bundle, latents: Latents, temperature: float, top_p: float, seed: int
 ) -> list[list[int]]:
     model, tok = _vae(bundle), bundle.tokenizer
@@ -175,7 +178,7 @@ def sample(
             z = Latents(z_g, mu + eps * (0.5 * logvar).exp())
         elif segs > 1:
             z = Latents(z.z_g.expand(segs, -1))
-        parts = _decode_rows(bundle, z, temperature, top_p, seed + i)
+        parts = decode_rows(bundle, z, temperature, top_p, seed + i)
         rows.append([t for part in parts for t in part])
         seeds.append(seed + i)
     settings = {
@@ -206,7 +209,7 @@ def interpolate(
     t0 = time.perf_counter()
     za, zb = encode_file(bundle, a), encode_file(bundle, b)
     path = model.interpolate(za, zb, steps)
-    rows = _decode_rows(bundle, path, temperature, top_p, seed)
+    rows = decode_rows(bundle, path, temperature, top_p, seed)
     settings = {
         "a": str(a),
         "b": str(b),
@@ -237,7 +240,7 @@ def vary(
     t0 = time.perf_counter()
     z = encode_file(bundle, input)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    rows = _decode_rows(bundle, model.vary(z, amount, num, gen), temperature, top_p, seed)
+    rows = decode_rows(bundle, model.vary(z, amount, num, gen), temperature, top_p, seed)
     settings = {
         "input": str(input),
         "amount": amount,

@@ -191,6 +191,10 @@ def open_data(cfg: RunConfig):
     curriculum length of window ``i`` is that of step ``i // group`` on every rank; ``val_ds`` is a
     fixed set of ``val_batches x batch_size`` seeded windows of the val split.
     """
+    if cfg.model.mode in ("vae", "vae_gan"):  # bar-aligned segments, not LM windows
+        from aurl.training.vae_module import open_segment_data
+
+        return open_segment_data(cfg)
     from aurl.data import dataset
 
     d, t = cfg.data, cfg.trainer

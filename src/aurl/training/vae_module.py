@@ -208,6 +208,7 @@ class VAEModule(pl.LightningModule):
             else None
         )
         self.automatic_optimization = not self.gan
+        self.last_batch_tokens = 0  # read by callbacks.ThroughputMonitor
         # Adaptive beta (target_kl) is training state: a buffer, so checkpoints carry it.
         self.register_buffer("beta_state", torch.tensor(float(self.vcfg.beta)))
 
@@ -221,6 +222,7 @@ class VAEModule(pl.LightningModule):
     def vae_terms(self, batch: dict[str, Tensor]) -> tuple[VAEOutput, dict[str, Tensor]]:
         """Teacher-forced pass and the named loss terms (per-token scale)."""
         tokens, bar_ids = batch["tokens"].long(), batch["bar_ids"].long()
+        self.last_batch_tokens = int((tokens != 0).sum())
         out = self.model(tokens, tokens != 0, bar_ids)
         per_seg = (tokens[:, 1:] != 0).sum(1).float().mean().clamp_min(1.0)
         kl_g = out.kl_g.sum(-1).mean()  # nats per segment
@@ -370,6 +372,8 @@ class VAEModule(pl.LightningModule):
 
     def on_train_end(self) -> None:
         if self.gan and self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:  # flush the CSV rows not yet written
+                logger.save()
             try:
                 path = plot_gan_losses(self.trainer.default_root_dir)
                 log.info("GAN loss curves: %s", path)
