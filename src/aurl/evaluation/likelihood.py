@@ -58,6 +58,33 @@ def summarize(
     }
 
 
+def split_likelihood(
+    model: torch.nn.Module, part, tokenizer, seq_len: int, batch_size: int = 8
+) -> dict:
+    """Figures of :func:`summarize` for one split (``SplitData``); ``model(x).logits`` is (B, T, V)."""
+    from aurl.data.dataset import eval_batches
+    from aurl.data.tokenizers import TOKEN_TYPES
+
+    total, tokens = 0.0, 0
+    sums = np.zeros(len(TOKEN_TYPES), dtype=np.float64)
+    counts = np.zeros(len(TOKEN_TYPES), dtype=np.int64)
+    for batch in eval_batches(part, seq_len, batch_size):
+        nll, targets = token_nll(model, batch)
+        mask = targets != PAD_ID
+        nll_kept = nll[mask].double().numpy()
+        types = tokenizer.token_type(targets[mask].numpy())
+        total += float(nll_kept.sum())
+        tokens += int(mask.sum())
+        np.add.at(sums, types, nll_kept)
+        np.add.at(counts, types, 1)
+    result = summarize(
+        total, tokens, int(part.num_notes), len(part),
+        {name: (int(counts[i]), float(sums[i])) for i, name in enumerate(TOKEN_TYPES)},
+    )  # fmt: skip
+    result["context"] = seq_len
+    return result
+
+
 def evaluate(
     model_path: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -68,8 +95,7 @@ def evaluate(
 ) -> dict:
     """Likelihood of ``split`` of the prepared ``data_dir`` under the model (bundle or run dir)."""
     from aurl.bundle import load_bundle
-    from aurl.data.dataset import PreparedData, eval_batches
-    from aurl.data.tokenizers import TOKEN_TYPES
+    from aurl.data.dataset import PreparedData
 
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -83,31 +109,14 @@ def evaluate(
     part = data.split(split)
     if len(part) == 0:
         raise ValueError(f"{data_dir}: the {split} split has no pieces")
-    model, tok = bundle.model, bundle.tokenizer
-    seq_len = bundle.config.model.max_seq_len
-    total, tokens = 0.0, 0
-    sums = np.zeros(len(TOKEN_TYPES), dtype=np.float64)
-    counts = np.zeros(len(TOKEN_TYPES), dtype=np.int64)
-    for batch in eval_batches(part, seq_len, batch_size):
-        nll, targets = token_nll(model, batch)
-        mask = targets != PAD_ID
-        nll_kept = nll[mask].double().numpy()
-        types = tok.token_type(targets[mask].numpy())
-        total += float(nll_kept.sum())
-        tokens += int(mask.sum())
-        np.add.at(sums, types, nll_kept)
-        np.add.at(counts, types, 1)
-    notes = int(part.num_notes)
-    result = summarize(
-        total, tokens, notes, len(part),
-        {name: (int(counts[i]), float(sums[i])) for i, name in enumerate(TOKEN_TYPES)},
-    )  # fmt: skip
-    result.update(
-        {"split": split, "model": str(model_path), "data": str(data_dir), "context": seq_len}
+    result = split_likelihood(
+        bundle.model, part, bundle.tokenizer, bundle.config.model.max_seq_len, batch_size
     )
+    result.update({"split": split, "model": str(model_path), "data": str(data_dir)})
     log.info(
         "%s %s: %.4f nats/token, %.3f bits/note over %d tokens, %d notes",
-        data_dir, split, result["nll_per_token"], result["bits_per_note"] or float("nan"), tokens, notes,
+        data_dir, split, result["nll_per_token"], result["bits_per_note"] or float("nan"),
+        result["tokens"], result["notes"],
     )  # fmt: skip
     if json_path is not None:
         atomic_write_text(Path(json_path), json.dumps(result, indent=2) + "\n")
