@@ -174,3 +174,14 @@ def test_load_reports_missing_and_bad_files(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ValueError, match="not an aurl tokenizer"):
         MusicTokenizer.load(tmp_path)
+
+
+def test_without_programs_pitched_tracks_merge_and_drums_drop(scores):
+    tok = MusicTokenizer(TokenizerConfig(kind="remi", use_programs=False))
+    score = scores["multitrack_drums.mid"]
+    ids = tok.encode(score)
+    assert not any(tok.base_vocab[i].startswith("Program") for i in ids)
+    decoded = tok.decode(ids)
+    assert note_tuples(decoded) == note_tuples(tok.preprocess(score))
+    pitched = sum(len(t.notes) for t in score.tracks if not t.is_drum)
+    assert len(decoded.tracks) == 1 and 0 < decoded.note_num() <= pitched

@@ -9,9 +9,12 @@ Decisions (see docs/data_format.md):
   docstring), which makes a "beat" the time-signature denominator and puts x/8 music on a 64th
   grid (measured, /work/shared/FACTS.md). Bars are therefore always ``BEATS_PER_BAR`` = 4 beats.
 - All tracks go into one stream with ``Program_*`` tokens (drums as ``Program_-1`` and
-  ``DrumOn``/``PitchDrum`` tokens). Tracks sharing a program are merged by MidiTok. The cost is one
-  ``Program`` token before every note-on in MIDILike and every note in REMI/TSD (Bach: ~+25 %
-  tokens); it keeps instruments apart in multi-track pop, and BPE absorbs most of it.
+  ``DrumOn``/``PitchDrum`` tokens); MidiTok merges tracks that share a program (Bach: music21 writes
+  one program-0 track per voice, so its voices merge). The cost, measured on every 10th chorale and
+  40 POP909 songs against ``use_programs=False``: MIDILike +60 % tokens on Bach / +51 % on POP909
+  (a ``Program`` before every NOTE_ON *and* NOTE_OFF), REMI and TSD +29-30 %. We keep it by default
+  so instruments survive in multi-track pop; BPE absorbs much of it. ``use_programs=False`` merges
+  all pitched tracks into one piano track and drops drum tracks.
 - MIDILike pairs NOTE_OFF with the oldest open NOTE_ON of the same pitch (FIFO), so a same-pitch
   note nested inside a longer one cannot round-trip. :meth:`MusicTokenizer.preprocess` ends the
   outer note where the inner one starts (what a MIDI synth does on a re-trigger); measured on
@@ -125,6 +128,17 @@ def _fix_nested_notes(track: Track) -> int:
     return total
 
 
+def _merge_pitched_tracks(score: Score) -> Score:
+    """One piano track holding every pitched note (use_programs=False); drum tracks are dropped."""
+    merged = Track(program=0, name="merged")
+    for track in score.tracks:
+        if not track.is_drum:
+            merged.notes.extend(track.notes)
+    merged.notes.sort()
+    score.tracks = [merged] if len(merged.notes) else []
+    return score
+
+
 class MusicTokenizer:
     """Score <-> ``BOS ... EOS`` token ids for one :class:`TokenizerConfig` (plus BPE if trained)."""
 
@@ -190,7 +204,10 @@ class MusicTokenizer:
 
     def preprocess(self, score: Score) -> Score:
         """The tokenizer's own quantization: ``decode(encode(s))`` reproduces this note for note."""
-        out = self._tok.preprocess_score(score.copy())
+        score = score.copy()
+        if not self.cfg.use_programs:
+            score = _merge_pitched_tracks(score)
+        out = self._tok.preprocess_score(score)
         if self.cfg.kind == "midilike":
             fixed = sum(_fix_nested_notes(t) for t in out.tracks)
             if fixed:
@@ -200,7 +217,10 @@ class MusicTokenizer:
     def encode_base(self, score: Score) -> np.ndarray:
         """Base (pre-BPE) ids ``BOS ... EOS`` of a score."""
         seq = self._tok.encode(self.preprocess(score), encode_ids=False, no_preprocess_score=True)
-        return np.asarray([self.bos_id, *seq.ids, self.eos_id], dtype=np.int64)
+        if isinstance(seq, list):  # use_programs=False: MidiTok returns one sequence per track
+            seq = seq[0] if seq else TokSequence(ids=[])
+        ids = seq.ids
+        return np.asarray([self.bos_id, *ids, self.eos_id], dtype=np.int64)
 
     def encode(self, score: Score) -> list[int]:
         """One stream ``BOS ... EOS`` (all tracks, programs as tokens), BPE-encoded if trained."""
@@ -249,6 +269,8 @@ class MusicTokenizer:
         base = base[self._base_type[base] != 0]
         if base.size == 0:
             return Score(self._tok.time_division)
+        if not self.cfg.use_programs:
+            return self._tok.decode([base.tolist()])
         return self._tok.decode(base.tolist())
 
     # -- inspection ----------------------------------------------------------------------------
