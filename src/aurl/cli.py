@@ -185,6 +185,7 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-polyphony", type=int)
     p.add_argument("--density", type=float, help="target notes per beat (soft)")
     p.add_argument("--soft", action="store_true", help="constraints penalize instead of forbid")
+    p.add_argument("--time-signature", help="keep this meter, e.g. 3/4 (default: the prompt's, else 4/4)")
     p.add_argument("--beam", type=int, default=1, help="beam width (1 = sampling)")
     p.add_argument("--batch-size", type=int, default=4)
 

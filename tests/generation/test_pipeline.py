@@ -109,3 +109,16 @@ def test_missing_model_says_how_to_get_one(tmp_path):
         pipeline.load_model(tmp_path / "nope")
     with pytest.raises(ValueError, match="LOW-HIGH"):
         pipeline.parse_range("84-36", "--pitch-range")
+
+
+def test_time_signature_sets_the_bar_length_and_the_meter(tiny_bundle, remi_bundle, tmp_path):
+    summary = pipeline.generate(
+        tiny_bundle, out=tmp_path, num=2, bars=2, time_signature="3/4", batch_size=2, **FAST
+    )
+    assert [p.beats for p in summary.pieces] == [6.0, 6.0]
+    for piece in summary.pieces:
+        score = symusic.Score(piece.files["midi"])
+        assert {(t.numerator, t.denominator) for t in score.time_signatures} <= {(3, 4)}
+        assert max((t for t, _, _ in notes_q(score)), default=0.0) < 6.0
+    with pytest.raises(ValueError, match="4/4 bar"):  # REMI without TimeSig tokens: bars are 4/4
+        pipeline.generate(remi_bundle, out=tmp_path, num=1, bars=1, time_signature="3/4", **FAST)

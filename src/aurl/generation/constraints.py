@@ -370,10 +370,19 @@ class TimeSignature:
         if not (num.isdigit() and den.isdigit()):
             raise ValueError(f"time signature {signature!r} must look like 3/4")
         self.strict = strict
+        self.signature = (int(num), int(den))
         self.mask = np.zeros(vocab.size, dtype=bool)
         for i, ts in vocab.timesig.items():
-            self.mask[i] = ts != (int(num), int(den))
-        self.bar_len = float(num)
+            self.mask[i] = ts != self.signature
+        if vocab.timesig:
+            self.bar_len = float(num)  # MidiTok counts in beats of the denominator
+        elif vocab.kind == "remi" and self.signature != (4, 4):
+            raise ValueError(
+                f"time signature {signature}: this REMI tokenizer has no TimeSig tokens, so every Bar "
+                "token is a 4/4 bar; use 4/4 or a MIDILike/TSD model"
+            )
+        else:
+            self.bar_len = int(num) * 4.0 / int(den)  # no TimeSig tokens: time counts in quarters
 
     def banned(self, s: SeqState) -> np.ndarray:
         return self.mask

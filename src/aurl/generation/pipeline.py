@@ -116,6 +116,7 @@ def build_constraints(
     density: float | None = None,
     soft: bool = False,
     end_beats: float | None = None,
+    time_signature: str | None = None,
 ) -> C.ConstraintSet:
     """The grammar plus the named constraints asked for (strict unless ``soft``)."""
     strict = not soft
@@ -128,9 +129,19 @@ def build_constraints(
         chosen.append(C.Polyphony(vocab, max_polyphony, strict=strict))
     if density:
         chosen.append(C.Density(vocab, density))
+    if time_signature:
+        chosen.append(C.TimeSignature(vocab, time_signature))
     if end_beats is not None:
         chosen.append(C.EndAt(vocab, end_beats))
     return C.ConstraintSet(vocab, chosen)
+
+
+def prompt_signature(ids: list[int], vocab: C.Vocab, score: symusic.Score | None) -> str:
+    """The last time signature the prompt's tokens set, else the prompt file's first, else 4/4."""
+    sigs = [vocab.timesig[i] for i in ids if i in vocab.timesig]
+    if not sigs and score is not None and len(score.time_signatures) and vocab.kind != "remi":
+        sigs = [(score.time_signatures[0].numerator, score.time_signatures[0].denominator)]
+    return "{}/{}".format(*sigs[-1]) if sigs else "4/4"
 
 
 def _prompt_ids(
@@ -176,6 +187,7 @@ def generate(
     max_polyphony: int | None = None,
     density: float | None = None,
     soft: bool = False,
+    time_signature: str | None = None,
     beam: int = 1,
     batch_size: int = 4,
     seed: int = 0,
@@ -198,7 +210,11 @@ def generate(
     vocab = C.Vocab.from_tokenizer(tok)
     prompt_ids, prompt_score = _prompt_ids(tok, prompt)
     bpm = _tempo(prompt_score)
-    start = C.replay(prompt_ids, vocab)
+    # one meter throughout, so --bars counts real bars: the prompt's (else 4/4) unless asked
+    time_signature = time_signature or prompt_signature(prompt_ids, vocab, prompt_score)
+    start = C.replay(
+        prompt_ids, vocab, C.SeqState(bar_len=C.TimeSignature(vocab, time_signature).bar_len)
+    )
     bar_len = start.bar_len
     origin = (
         math.ceil(start.time / bar_len - C.TIME_EPS) * bar_len
@@ -230,6 +246,7 @@ def generate(
         "max_polyphony": max_polyphony,
         "density": density,
         "soft": soft,
+        "time_signature": time_signature,
         "beam": beam,
         "batch_size": batch_size,
         "seed": seed,
@@ -257,6 +274,7 @@ def generate(
             density=density,
             soft=soft,
             end_beats=end_beats,
+            time_signature=time_signature,
         )
         base = done_steps
 
@@ -295,6 +313,9 @@ def generate(
     for i, new in enumerate(rows):
         ids = C.finish(prompt_ids + new, vocab)
         score = _with_tempo(tok.decode(ids), bpm)
+        if not vocab.timesig:  # the tokens carry no meter: write the one the bars were counted in
+            num_, den_ = time_signature.split("/")
+            score.time_signatures = [symusic.TimeSignature(0, int(num_), int(den_))]
         files = export_piece(score, out / f"piece_{i:02d}", wav=wav, musicxml=musicxml, png=png)
         beats = C.replay(ids, vocab).time
         piece = Piece(i, seed + i, len(new), tok.count_notes(ids), beats, beats * 60.0 / bpm, files)
@@ -322,6 +343,7 @@ def _reproduce_command(bundle, settings: dict, out: Path, seed: int) -> str:
         "tokens",
         "prompt",
         "key",
+        "time_signature",
         "max_polyphony",
         "density",
         "beam",
@@ -381,6 +403,7 @@ def generate_from_args(args: argparse.Namespace) -> Summary:
         max_polyphony=args.max_polyphony,
         density=args.density,
         soft=args.soft,
+        time_signature=getattr(args, "time_signature", None),
         beam=args.beam,
         batch_size=args.batch_size,
         **_filters_from_args(args),
