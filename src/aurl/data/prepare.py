@@ -244,12 +244,14 @@ def _write_dataset(
     tok: MusicTokenizer,
     pieces: Callable[[str], Iterator[tuple[str, np.ndarray]]],
     manifest: dict,
+    started: float,
 ) -> dict:
     """Write shards, index, pieces.json, tokenizer.json, then manifest.json (last = complete).
 
     ``pieces(split)`` yields ``(relpath, final ids)`` in relpath order, one piece in memory at a
     time; ``manifest`` is completed with per-split counts and written.
     """
+    write_started = time.perf_counter()
     dtype = np.uint16 if tok.vocab_size < (1 << 16) else np.uint32
     build = out / f".build-{manifest['cache_key']}"
     shutil.rmtree(build, ignore_errors=True)
@@ -298,6 +300,11 @@ def _write_dataset(
             },
         }
     )
+    tokens = sum(s["tokens"] for s in split_stats.values())
+    manifest["tokens_per_beat"] = tokens / manifest["beats"] if manifest["beats"] else 0.0
+    timings = manifest.setdefault("timings", {})
+    timings["write"] = round(time.perf_counter() - write_started, 2)
+    timings["total"] = round(time.perf_counter() - started, 2)
     # swap in: remove the previous build's data files, move the new ones, manifest last
     (out / "manifest.json").unlink(missing_ok=True)
     shutil.rmtree(out / "tokens", ignore_errors=True)
@@ -414,7 +421,6 @@ def prepare(
         for rel, ids in _part_pieces(part_paths, split_of, split):
             yield rel, tok.apply_bpe(ids)
 
-    t0 = time.perf_counter()
     total_beats = sum(m["beats"] for m, _ in ok)
     manifest = {
         "cache_key": key,
@@ -428,17 +434,9 @@ def prepare(
         "files_repaired": sum(bool(m["repairs"]) for m, _ in ok),
         "repairs": _sum_counts(m["repairs"] for m, _ in ok),
         "beats": total_beats,
+        "timings": {"tokenize": round(t_tokenize, 2), "bpe_train": round(t_bpe, 2)},
     }
-    manifest = _write_dataset(out, tok, pieces, manifest)
-    tokens = sum(s["tokens"] for s in manifest["splits"].values())
-    manifest["tokens_per_beat"] = tokens / total_beats if total_beats else 0.0
-    manifest["timings"] = {
-        "tokenize": round(t_tokenize, 2),
-        "bpe_train": round(t_bpe, 2),
-        "write": round(time.perf_counter() - t0, 2),
-        "total": round(time.perf_counter() - started, 2),
-    }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=1))
+    manifest = _write_dataset(out, tok, pieces, manifest, started)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return PrepareSummary.from_manifest(out, manifest, reused=False)
 
@@ -507,9 +505,5 @@ def merge(parts: list[Path], out: Path) -> PrepareSummary:
         "beats": sum(m["beats"] for m in ms),
         "split_rule": ms[0]["split_rule"],
     }
-    manifest = _write_dataset(Path(out), tok, pieces, manifest)
-    tokens = sum(s["tokens"] for s in manifest["splits"].values())
-    manifest["tokens_per_beat"] = tokens / manifest["beats"] if manifest["beats"] else 0.0
-    manifest["timings"] = {"total": round(time.perf_counter() - started, 2)}
-    atomic_write_text(Path(out) / "manifest.json", json.dumps(manifest, indent=1))
+    manifest = _write_dataset(Path(out), tok, pieces, manifest, started)
     return PrepareSummary.from_manifest(Path(out), manifest, reused=False)
