@@ -2,6 +2,8 @@ import itertools
 import math
 from types import SimpleNamespace
 
+import pytest
+import symusic
 import torch
 from torch import nn
 
@@ -141,3 +143,17 @@ def test_beam_search_with_constraints_and_cache_reorder_is_decodable(tiny_bundle
     decoded = tok.decode(ids)
     assert score <= 0
     assert all(n.pitch % 12 in C.parse_key("G:maj") for t in decoded.tracks for n in t.notes)
+
+
+def test_three_minute_piece_keeps_time_and_bars_continuous(tiny_bundle, tmp_path):
+    """--seconds 180 on a 64-token context: many slides of the cache, one unbroken timeline."""
+    from aurl.generation.pipeline import DEFAULT_BPM, generate
+
+    s = generate(
+        tiny_bundle, out=tmp_path, num=1, seconds=180.0, wav=False, musicxml=False, png=False
+    )
+    piece = s.pieces[0]
+    assert piece.new_tokens > 4 * tiny_bundle.model.cfg.max_seq_len  # random weights: big time shifts
+    assert piece.beats == pytest.approx(180.0 * DEFAULT_BPM / 60, abs=1 / 8)
+    score = symusic.Score(piece.files["midi"]).to("quarter")
+    assert score.end() == pytest.approx(piece.beats, abs=0.25)
