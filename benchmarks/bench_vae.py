@@ -1,0 +1,265 @@
+"""VAE vs VAE-GAN at equal wall time on the Bach test split.
+
+    python benchmarks/bench_vae.py data/bach --minutes 3
+    python benchmarks/bench_vae.py data/bach --minutes 0.3 --tiny      # smoke test
+
+Trains ``configs/bach_vae.yaml`` twice (model.mode=vae, then vae_gan; same seed, same minutes),
+then measures on the test split: reconstruction accuracy (teacher-forced and greedy from the
+posterior mean), reconstruction bits per note, KL per latent group, active units; a slerp
+interpolation between the first segments of two held-out chorales (every middle step decodable,
+pitches within the test set's range); and 100 prior samples against the test segments
+(pitch-class histogram distance, mean polyphony, note density).
+Writes ``benchmarks/results/vae.json`` and ``vae.md``; the GAN's loss curves go to
+``benchmarks/results/vae_gan_losses.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aurl.config import atomic_write_text, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+TINY = [
+    "model.d_model=64", "model.n_layers=2", "model.n_heads=2", "model.d_ff=128",
+    "model.vae.encoder_layers=1", "optim.batch_size=4", "trainer.val_batches=2", "model.vae.gan_warmup_steps=5",
+]  # fmt: skip
+log = logging.getLogger("bench_vae")
+
+
+# ---------------------------------------------------------------------------------------------
+# musical statistics of token sequences (pure)
+
+
+def score_stats(tok, rows: list[list[int]]) -> dict:
+    """Pitch-class histogram (12, normalized), mean polyphony and notes per beat over ``rows``."""
+    pcs = np.zeros(12)
+    sounding = total = notes = beats = 0.0
+    pitches: list[int] = []
+    for ids in rows:
+        try:
+            score = tok.decode([tok.bos_id, *ids, tok.eos_id])
+        except Exception as exc:
+            log.debug("undecodable row: %s", exc)
+            continue
+        tpq = score.ticks_per_quarter
+        events = []
+        for track in score.tracks:
+            for n in track.notes:
+                pcs[n.pitch % 12] += 1
+                pitches.append(int(n.pitch))
+                events += [(n.time, 1), (n.time + max(1, n.duration), -1)]
+        notes += sum(len(t.notes) for t in score.tracks)
+        beats += max(score.end(), 1) / tpq
+        # polyphony: time-weighted number of sounding notes over the time at least one sounds
+        events.sort()
+        level, last = 0, None
+        for t, d in events:
+            if last is not None and level > 0:
+                sounding += level * (t - last)
+                total += t - last
+            level, last = level + d, t
+    return {
+        "pc_hist": (pcs / max(pcs.sum(), 1)).tolist(),
+        "mean_polyphony": sounding / max(total, 1),
+        "notes_per_beat": notes / max(beats, 1e-9),
+        "pitch_min": min(pitches) if pitches else None,
+        "pitch_max": max(pitches) if pitches else None,
+        "notes": int(notes),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# one mode
+
+
+def run_mode(
+    mode: str, data: Path, minutes: float, overrides: list[str], work: Path, samples: int
+) -> dict:
+    from aurl.bundle import load_bundle
+    from aurl.data.dataset import PreparedData
+    from aurl.generation.latent import decode_rows, encode_ids
+    from aurl.training import run
+    from aurl.training.vae_module import SegmentDataset, _split_pieces, vae_metrics
+
+    cfg = load_config(
+        ROOT / "configs" / "bach_vae.yaml",
+        [f"model.mode={mode}", f"data.path={data}", f"trainer.max_time_minutes={minutes}",
+         "trainer.max_steps=1000000", "trainer.val_every_steps=100", "trainer.checkpoint_every_steps=100",
+         "trainer.samples_per_validation=0", *overrides],
+    )  # fmt: skip
+    run_dir = work / mode
+    t0 = time.perf_counter()
+    run.train(cfg, run_dir)
+    train_s = time.perf_counter() - t0
+    steps = int(
+        next(
+            line
+            for line in (run_dir / "summary.txt").read_text().splitlines()
+            if line.startswith("steps")
+        ).split()[1]
+    )
+
+    bundle = load_bundle(run_dir)
+    prepared = PreparedData(data)
+    tok = bundle.tokenizer
+    metrics = vae_metrics(bundle, prepared, "test", greedy_segments=16)
+
+    # interpolation between the first segments of two held-out chorales
+    test = _split_pieces(prepared, "test")
+    model = bundle.model
+    za, zb = encode_ids(model, tok, test[0]), encode_ids(model, tok, test[1])
+    path = model.interpolate(za, zb, 5)
+    steps_rows = decode_rows(bundle, path, 0.0, 1.0, seed=0)
+    ref = score_stats(tok, [list(p) for p in test])
+    interp = []
+    for i, row in enumerate(steps_rows):
+        st = score_stats(tok, [row])
+        in_range = (
+            st["pitch_min"] is not None
+            and ref["pitch_min"] <= st["pitch_min"]
+            and st["pitch_max"] <= ref["pitch_max"]
+        )
+        interp.append(
+            {
+                "step": i,
+                "tokens": len(row),
+                "notes": st["notes"],
+                "decodable": st["notes"] > 0,
+                "pitches_in_test_range": bool(in_range),
+            }
+        )
+
+    # prior samples vs test segments
+    gen = torch.Generator().manual_seed(0)
+    z = model.sample_latents(samples, gen)
+    rows = decode_rows(bundle, z, 1.0, 0.95, seed=1)
+    seg_ds = SegmentDataset(test, tok, model.cfg.vae, model.cfg.max_seq_len, shuffle=False)
+    seg_rows = [s[0].tolist() for s in seg_ds.segments]
+    gen_st, test_st = score_stats(tok, rows), score_stats(tok, seg_rows)
+    pc_l1 = float(np.abs(np.array(gen_st["pc_hist"]) - np.array(test_st["pc_hist"])).sum())
+    result = {
+        "mode": mode,
+        "train_minutes": minutes,
+        "train_wall_s": round(train_s, 1),
+        "steps": steps,
+        "metrics": metrics,
+        "interpolation": interp,
+        "interpolation_middle_ok": all(
+            r["decodable"] and r["pitches_in_test_range"] for r in interp[1:-1]
+        ),
+        "prior_samples": {
+            "num": samples,
+            "pc_hist_l1_vs_test": pc_l1,
+            "mean_polyphony": gen_st["mean_polyphony"],
+            "test_mean_polyphony": test_st["mean_polyphony"],
+            "notes_per_beat": gen_st["notes_per_beat"],
+            "test_notes_per_beat": test_st["notes_per_beat"],
+            "decodable_notes": gen_st["notes"],
+        },
+        "gan_losses_png": None,
+    }
+    if (run_dir / "gan_losses.png").is_file():
+        dest = RESULTS / "vae_gan_losses.png"
+        shutil.copyfile(run_dir / "gan_losses.png", dest)
+        result["gan_losses_png"] = str(dest.relative_to(ROOT))
+    return result
+
+
+def render(results: list[dict]) -> str:
+    rows = [
+        ("steps in the budget", lambda r: f"{r['steps']}"),
+        ("recon acc, teacher-forced", lambda r: f"{r['metrics']['recon_acc_teacher']:.3f}"),
+        ("recon acc, greedy from mu", lambda r: f"{r['metrics']['recon_acc_greedy']:.3f}"),
+        ("recon bits/note (z = mu)", lambda r: f"{r['metrics']['bits_per_note']:.3f}"),
+        ("ELBO bits/note (bound)", lambda r: f"{r['metrics']['elbo_bits_per_note']:.3f}"),
+        ("KL global / bar (nats)", lambda r: f"{r['metrics']['kl_global']:.2f} / {r['metrics']['kl_bar']:.2f}"),
+        ("active units global / bar", lambda r: f"{r['metrics']['active_units_global']} / {r['metrics']['active_units_bar']}"),
+        ("interp. middle steps ok", lambda r: str(r["interpolation_middle_ok"])),
+        ("prior: pitch-class L1 vs test", lambda r: f"{r['prior_samples']['pc_hist_l1_vs_test']:.3f}"),
+        ("prior: polyphony (test)", lambda r: f"{r['prior_samples']['mean_polyphony']:.2f} ({r['prior_samples']['test_mean_polyphony']:.2f})"),
+        ("prior: notes/beat (test)", lambda r: f"{r['prior_samples']['notes_per_beat']:.2f} ({r['prior_samples']['test_notes_per_beat']:.2f})"),
+    ]  # fmt: skip
+    head = "| metric | " + " | ".join(r["mode"] for r in results) + " |"
+    lines = [head, "|" + " --- |" * (len(results) + 1)]
+    lines += ["| " + name + " | " + " | ".join(f(r) for r in results) + " |" for name, f in rows]
+    return "\n".join(lines)
+
+
+def verdict(results: list[dict]) -> str:
+    """One plain sentence: did the adversarial term help on these figures?"""
+    by = {r["mode"]: r for r in results}
+    if set(by) != {"vae", "vae_gan"}:
+        return "needs both modes"
+    v, g = by["vae"], by["vae_gan"]
+    # (name, vae value, vae_gan value); lower is better for each
+    figures = [
+        ("reconstruction bits/note", v["metrics"]["bits_per_note"], g["metrics"]["bits_per_note"]),
+        ("prior pitch-class distance", v["prior_samples"]["pc_hist_l1_vs_test"], g["prior_samples"]["pc_hist_l1_vs_test"]),
+        ("prior polyphony error",
+         abs(v["prior_samples"]["mean_polyphony"] - v["prior_samples"]["test_mean_polyphony"]),
+         abs(g["prior_samples"]["mean_polyphony"] - g["prior_samples"]["test_mean_polyphony"])),
+    ]  # fmt: skip
+    # A single seed at a few minutes of CPU: count a figure only if it moved by more than 5 %.
+    better = [n for n, a, b in figures if b < a * 0.95]
+    worse = [n for n, a, b in figures if b > a * 1.05]
+    if not better:
+        tail = f"; it was worse on {', '.join(worse)}" if worse else ""
+        return f"The adversarial term did not help: no figure improved by more than 5 %{tail}."
+    tail = f", worse on {', '.join(worse)}" if worse else ""
+    return (
+        f"VAE-GAN was better by more than 5 % on {', '.join(better)}{tail} "
+        f"(single seed, {v['train_minutes']} min each)."
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("data", type=Path, help="prepared Bach directory (aurl prepare bach --out DIR)")
+    p.add_argument("--minutes", type=float, default=3.0, help="training wall time per mode")
+    p.add_argument(
+        "--samples", type=int, default=100, help="prior samples for the musical statistics"
+    )
+    p.add_argument("--tiny", action="store_true", help="tiny model (smoke test)")
+    p.add_argument("--out", type=Path, default=RESULTS / "vae.json")
+    p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    overrides = (TINY if args.tiny else []) + list(args.overrides)
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory(prefix="bench_vae_") as tmp:
+        results = [
+            run_mode(m, args.data, args.minutes, overrides, Path(tmp), args.samples)
+            for m in ("vae", "vae_gan")
+        ]
+    blob = {
+        "data": str(args.data),
+        "overrides": overrides,
+        "torch_threads": torch.get_num_threads(),
+        "results": results,
+        "verdict": verdict(results),
+        "notes": "bits/note here is a reconstruction NLL -log p(x|z=mu), not comparable with the LM's bits/note",
+    }
+    atomic_write_text(args.out, json.dumps(blob, indent=2) + "\n")
+    md = f"# VAE vs VAE-GAN ({args.minutes} min each, Bach test split)\n\n{render(results)}\n\n{blob['verdict']}\n"
+    if results[-1]["gan_losses_png"]:
+        md += f"\nGAN loss curves: `{results[-1]['gan_losses_png']}`\n"
+    atomic_write_text(args.out.with_suffix(".md"), md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
