@@ -83,8 +83,8 @@ def test_remi_model_generates_whole_bars(remi_bundle, tmp_path):
 
 
 def test_beam_search_pipeline_writes_one_piece_per_request(tiny_bundle, tmp_path):
-    summary = pipeline.generate(tiny_bundle, out=tmp_path, num=2, bars=1, beam=2, **FAST)
-    assert len(summary.pieces) == 2
+    summary = pipeline.generate(tiny_bundle, out=tmp_path, num=1, bars=1, beam=2, **FAST)
+    assert len(summary.pieces) == 1
     for piece in summary.pieces:  # beams may use up the token budget before the bar ends
         assert 0 < piece.beats <= 4.0 and piece.notes > 0
 

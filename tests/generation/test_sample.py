@@ -153,7 +153,26 @@ def test_three_minute_piece_keeps_time_and_bars_continuous(tiny_bundle, tmp_path
         tiny_bundle, out=tmp_path, num=1, seconds=180.0, wav=False, musicxml=False, png=False
     )
     piece = s.pieces[0]
-    assert piece.new_tokens > 4 * tiny_bundle.model.cfg.max_seq_len  # random weights: big time shifts
+    assert (
+        piece.new_tokens > 4 * tiny_bundle.model.cfg.max_seq_len
+    )  # random weights: big time shifts
     assert piece.beats == pytest.approx(180.0 * DEFAULT_BPM / 60, abs=1 / 8)
     score = symusic.Score(piece.files["midi"]).to("quarter")
     assert score.end() == pytest.approx(piece.beats, abs=0.25)
+
+
+def test_learned_positions_slide_by_re_encoding_the_window(tmp_path):
+    from tinymodel import make_bundle
+
+    from aurl.bundle import load_bundle
+
+    bundle = load_bundle(make_bundle(tmp_path / "learned", position="learned"))
+    tok = bundle.tokenizer
+    vocab = C.Vocab.from_tokenizer(tok)
+    # no EOS stop (id -1): exactly 150 tokens, so the 64-position window slides many times
+    (free,) = sample(bundle.model, [tok.bos_id], num=1, rule=StopRule(-1, 150), seeds=[1])
+    assert len(free) == 150
+    (new,) = sample(bundle.model, [tok.bos_id], num=1, rule=StopRule(tok.eos_id, 150),
+                    constraints=C.ConstraintSet(vocab), seeds=[1])  # fmt: skip
+    ids = C.finish([tok.bos_id, *new], vocab)
+    assert tok.decode(ids).note_num() == tok.count_notes(ids)

@@ -206,6 +206,10 @@ def generate(
         raise ValueError(f"--num {num} and --batch-size {batch_size} must be >= 1")
     if sum(x is not None for x in (bars, seconds, tokens)) > 1:
         raise ValueError("give at most one of --bars, --seconds, --tokens")
+    if beam > 1 and num > 1:
+        log.warning(
+            "beam search is deterministic: all %d pieces will be the same; use --num 1", num
+        )
     tok, model = bundle.tokenizer, bundle.model
     vocab = C.Vocab.from_tokenizer(tok)
     prompt_ids, prompt_score = _prompt_ids(tok, prompt)
