@@ -86,3 +86,20 @@ def test_ddp_on_two_cpu_processes_trains(tmp_path, tokenizer, tiny_config, windo
     ckpt = load_plain(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+def test_bf16_on_cpu_and_step_swa_train_and_checkpoint_plainly(
+    tmp_path, tokenizer, tiny_config, windows
+):
+    cfg = tiny_config(
+        tokenizer, "trainer.precision=bf16-mixed", "trainer.swa=true", "trainer.max_steps=12",
+        "trainer.val_every_steps=6", "trainer.samples_per_validation=0",
+    )  # fmt: skip
+    tokenizer.save(tmp_path)
+    run.fit(cfg, tmp_path, tokenizer, windows(32), windows(32, length=8))
+    ckpt = load_plain(tmp_path / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 12
+    # SWA from step 9 (75 %): the exported state is the average, the live weights are kept beside it
+    assert int(ckpt["averaging_state"]["n_averaged"]) == 3
+    live, avg = ckpt["current_model_state"], ckpt["state_dict"]
+    assert any(not torch.equal(live[k], avg[k]) for k in avg)

@@ -17,7 +17,7 @@ from collections import deque
 from pathlib import Path
 
 import torch
-from pytorch_lightning.callbacks import Callback, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar, WeightAveraging
 
 log = logging.getLogger(__name__)
 
@@ -211,3 +211,19 @@ class StepProgressBar(TQDMProgressBar):
             bar.n = trainer.global_step
             bar.set_postfix(self.get_metrics(trainer, pl_module))
             bar.refresh()
+
+
+class StepSWA(WeightAveraging):
+    """Stochastic weight averaging by optimizer step, from ``start_step`` on (equal weights).
+
+    Lightning's ``StochasticWeightAveraging`` counts epochs, and our training loader is one endless
+    epoch; ``WeightAveraging`` updates per step. Validation, checkpoints' ``state_dict`` and the
+    final export use the averaged weights; resume restores both (Izmailov et al. 2018).
+    """
+
+    def __init__(self, start_step: int) -> None:
+        super().__init__()
+        self.start_step = start_step
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None and step_idx >= self.start_step

@@ -36,7 +36,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aurl.config import RunConfig, load_config, save_config, to_dict
-from aurl.training.callbacks import SampleWriter, StepProgressBar, ThroughputMonitor
+from aurl.training.callbacks import SampleWriter, StepProgressBar, StepSWA, ThroughputMonitor
 from aurl.training.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -298,9 +298,10 @@ def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> pl.Trainer:
             EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience)
         )
     if t.swa:
-        from pytorch_lightning.callbacks import StochasticWeightAveraging
-
-        callbacks.append(StochasticWeightAveraging(swa_lrs=o.lr * o.min_lr_ratio))
+        # Average the last quarter of training. After _FinalCheckpoint: the final save must happen
+        # before SWA's on_train_end copies the average over the live weights, so that last.ckpt
+        # keeps both (state_dict = average, current_model_state = live) and resumes exactly.
+        callbacks.insert(3, StepSWA(start_step=int(0.75 * t.max_steps)))
     loggers = [
         TensorBoardLogger(
             save_dir=run_dir / "logs", name="tensorboard", version="", default_hp_metric=False
