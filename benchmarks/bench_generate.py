@@ -36,6 +36,8 @@ from aurl.generation.sample import StopRule, sample
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "generate.json"
+BACH_TOKENS_PER_S = 30
+"""A Bach chorale is ~30 tokens per second of music (FACTS.md)."""
 
 
 def aurl_model(model_path: Path):
@@ -139,11 +141,16 @@ def markdown(r: dict) -> str:
             lines.append(f"| {name} | {b} | {tps:.0f} | {tps / xt:.2f}x |")
     g = r["aurl_grammar"]["1"]
     lines += ["", f"seconds of music per second of compute (batch 1, grammar, 96 BPM): {g['music_s_per_compute_s']}",
-              f"real-time factor at Bach's ~30 tokens per second of music: {r['aurl']['1']['tokens_per_s'] / 30:.1f}x"]  # fmt: skip
+              f"real-time factor at Bach's ~{BACH_TOKENS_PER_S} tokens per second of music: {r['aurl']['1']['tokens_per_s'] / BACH_TOKENS_PER_S:.1f}x"]  # fmt: skip
+    bach_tokens = 180 * BACH_TOKENS_PER_S
+    lines.append(
+        f"3 minutes at Bach's token density ({bach_tokens} tokens, estimate from the batch-1 rate): "
+        f"{bach_tokens / r['aurl']['1']['tokens_per_s']:.0f} s"
+    )
     if "three_minutes" in r:
         t = r["three_minutes"]
-        lines.append(f"3-minute piece (`--seconds 180`): {t['wall_s']} s wall for {t['new_tokens']} tokens, "
-                     f"{t['notes']} notes, {t['music_s']} s of music")  # fmt: skip
+        lines.append(f"3-minute piece (`--seconds 180`, this model): {t['wall_s']} s wall for {t['new_tokens']} "
+                     f"tokens, {t['notes']} notes, {t['music_s']} s of music")  # fmt: skip
     return "\n".join(lines)
 
 
