@@ -101,6 +101,18 @@ def evaluate(
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     bundle = load_bundle(model_path)
     data = PreparedData(data_dir)
+    if bundle.config.model.mode != "transformer":
+        # A VAE has no exact likelihood: report its reconstruction NLL and ELBO bound per note over
+        # bar-aligned segments (vae_metrics documents why these differ from the LM's figures).
+        from aurl.training.vae_module import vae_metrics
+
+        result = vae_metrics(bundle, data, split, batch_size=batch_size)
+        result.update(
+            {"kind": "vae", "split": split, "model": str(model_path), "data": str(data_dir)}
+        )
+        if json_path is not None:
+            atomic_write_text(Path(json_path), json.dumps(result, indent=2) + "\n")
+        return result
     if data.tokenizer.hash != bundle.tokenizer.hash:
         raise ValueError(
             f"{data_dir} was tokenized with tokenizer {data.tokenizer.hash} but {model_path} expects "
@@ -112,7 +124,7 @@ def evaluate(
     result = split_likelihood(
         bundle.model, part, bundle.tokenizer, bundle.config.model.max_seq_len, batch_size
     )
-    result.update({"split": split, "model": str(model_path), "data": str(data_dir)})
+    result.update({"kind": "lm", "split": split, "model": str(model_path), "data": str(data_dir)})
     log.info(
         "%s %s: %.4f nats/token, %.3f bits/note over %d tokens, %d notes",
         data_dir, split, result["nll_per_token"], result["bits_per_note"] or float("nan"),
