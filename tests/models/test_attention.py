@@ -189,3 +189,14 @@ def test_attention_dropout_changes_outputs(kind: str) -> None:
     torch.manual_seed(0)
     dropped = attn(q, k, v, dropout_p=0.5)
     assert (dropped - attn(q, k, v)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("k_start", [0, 3, 8])
+def test_hierarchical_single_query_decode_equals_dense_at_any_offset(k_start: int) -> None:
+    # after drop_oldest the cache starts mid-block; the one-query path must still agree
+    q, k, v = qkv(length=30)
+    kind = HierarchicalAttention(window=5, global_stride=4)
+    q_start = k_start + 29  # the newest key is the query's own
+    got = kind(q[:, :, -1:], k, v, q_start=q_start, k_start=k_start)
+    want = kind.dense(q[:, :, -1:], k, v, q_start, k_start, True, None, 0.0)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)

@@ -432,9 +432,21 @@ class HierarchicalAttention(SlidingWindowAttention):
                 self, q, k, v, q_start=q_start, k_start=k_start, causal=causal, key_mask=key_mask,
                 dropout_p=dropout_p,
             )  # fmt: skip
+        if causal and T == 1 and key_mask is None:
+            return self._decode_one(q, k, v, q_start, k_start)
         if causal and T == S:
             return self.blocked(q, k, v, key_mask, dropout_p)
         return self.dense(q, k, v, q_start, k_start, causal, key_mask, dropout_p)
+
+    def _decode_one(self, q: Tensor, k: Tensor, v: Tensor, q_start: int, k_start: int) -> Tensor:
+        """One query (cached decoding): the last W keys plus the summaries of the blocks that end
+        before them, all visible, so no mask and no copy of the whole cache (dense was 2x slower)."""
+        window_start = q_start - self.window + 1  # absolute position of the first local key
+        before = max(0, window_start - k_start)  # cached keys older than the window
+        ks, vs, _, _ = self._summaries(k[:, :, :before], v[:, :, :before], k_start, None)
+        k_all = torch.cat([ks, k[:, :, before:]], dim=2)  # (B, H, G + W, D)
+        v_all = torch.cat([vs, v[:, :, before:]], dim=2)
+        return F.scaled_dot_product_attention(q, k_all, v_all)
 
 
 ATTENTION: dict[str, type[FullAttention]] = {
