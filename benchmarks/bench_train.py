@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -216,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     res = {"speed": part_speed, "quality": part_quality, "tokenizers": part_tokenizers}[args.part](
         args
     )
-    res["command"] = "python " + " ".join(
-        [Path(sys.argv[0]).name if argv is None else "bench_train.py", *(argv or sys.argv[1:])]
+    res["command"] = "python benchmarks/bench_train.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
     )
     res["when"] = (
         time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        + f", torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + f", torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        + f"load average {os.getloadavg()[0]:.1f} at the end (other jobs share these cores)"
     )
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results[args.part] = res
