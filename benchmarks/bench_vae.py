@@ -84,7 +84,13 @@ def score_stats(tok, rows: list[list[int]]) -> dict:
 
 
 def run_mode(
-    mode: str, data: Path, minutes: float, overrides: list[str], work: Path, samples: int
+    mode: str,
+    data: Path,
+    minutes: float,
+    overrides: list[str],
+    work: Path,
+    samples: int,
+    results: Path,
 ) -> dict:
     from aurl.bundle import load_bundle
     from aurl.data.dataset import PreparedData
@@ -170,9 +176,9 @@ def run_mode(
         "gan_losses_png": None,
     }
     if (run_dir / "gan_losses.png").is_file():
-        dest = RESULTS / "vae_gan_losses.png"
+        dest = results / "vae_gan_losses.png"
         shutil.copyfile(run_dir / "gan_losses.png", dest)
-        result["gan_losses_png"] = str(dest.relative_to(ROOT))
+        result["gan_losses_png"] = str(dest)
     return result
 
 
@@ -237,12 +243,14 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     overrides = (TINY if args.tiny else []) + list(args.overrides)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory(prefix="bench_vae_") as tmp:
         results = [
-            run_mode(m, args.data, args.minutes, overrides, Path(tmp), args.samples)
+            run_mode(
+                m, args.data, args.minutes, overrides, Path(tmp), args.samples, args.out.parent
+            )
             for m in ("vae", "vae_gan")
         ]
     blob = {
