@@ -48,14 +48,14 @@ def test_infill_through_the_cli(model_dir, tmp_path, capsys):
     if not source.is_file():
         pytest.skip(f"{source} missing")
     full = symusic.Score(str(source))
-    prompt = tmp_path / "four_bars.mid"  # the first 4 bars keep the MusicXML export quick
-    full.clip(0, 16 * full.tpq).dump_midi(str(prompt))
+    prompt = tmp_path / "two_bars.mid"  # two bars keep the MusicXML export quick
+    full.clip(0, 8 * full.tpq).dump_midi(str(prompt))
     out = tmp_path / "inf"
     argv = [
         "infill",
         str(prompt),
         "--bars",
-        "2-3",
+        "2-2",
         "--model",
         str(model_dir),
         "--out",
@@ -66,7 +66,7 @@ def test_infill_through_the_cli(model_dir, tmp_path, capsys):
     assert "aurl infill: 1 piece" in capsys.readouterr().out
     assert (out / "piece_00.mid").is_file() and (out / "piece_00.musicxml").is_file()
     meta = json.loads((out / "samples.json").read_text())
-    assert meta["settings"]["bars"] == [2, 3]
+    assert meta["settings"]["bars"] == [2, 2]
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):

@@ -175,3 +175,15 @@ def test_finish_closes_sounding_notes_and_ends_with_eos(midilike):
     assert out[:5] == ids[:5] and out[-1] == midilike.eos_id
     score = midilike.decode(out)
     assert score.note_num() == 1
+
+
+def test_programs_bans_other_instruments_only(midilike):
+    vocab = C.Vocab.from_tokenizer(midilike)
+    mask = C.Programs(vocab, [0, 40]).banned(C.SeqState())
+    names = {midilike.base_vocab[i] for i in np.flatnonzero(mask)}
+    assert "Program_0" not in names and "Program_40" not in names
+    others = {s for s in midilike.base_vocab if s.startswith("Program_")} - {
+        "Program_0",
+        "Program_40",
+    }
+    assert names == others - {"Program_-1"}  # drums are never generated anyway (grammar)

@@ -99,6 +99,8 @@ def test_infill_keeps_everything_outside_the_bars(tiny_bundle, tmp_path, etude):
 
     assert outside(result) == outside(original)
     inside = [n for n in result if 8 <= n[0] < 16]
+    programs = {t.program for t in symusic.Score(summary.pieces[0].files["midi"]).tracks}
+    assert programs == {t.program for t in symusic.Score(str(etude)).tracks}  # its own instruments
     assert summary.pieces[0].notes == len(inside)
     meta = json.loads((tmp_path / "samples.json").read_text())
     assert meta["command"] == "infill" and "left context" in meta["settings"]["conditioned_on"]

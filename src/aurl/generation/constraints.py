@@ -341,6 +341,19 @@ class Polyphony:
         return self.mask if s.num_sounding() >= self.max_notes else None
 
 
+class Programs:
+    """Only these instruments (General MIDI programs), e.g. the tracks of the piece being infilled."""
+
+    def __init__(self, vocab: Vocab, programs: Sequence[int], strict: bool = True) -> None:
+        if not vocab.has("Program"):
+            raise ValueError("this tokenizer has no Program tokens; cannot restrict instruments")
+        self.strict = strict
+        self.mask = vocab.type_mask["Program"] & ~np.isin(vocab.program, list(programs))
+
+    def banned(self, s: SeqState) -> np.ndarray:
+        return self.mask
+
+
 class Density:
     """Soft pull towards ``notes_per_beat``: penalize note starts when the running density is
     over 120 % of the target, and time-advancing tokens when it is under 80 %."""
@@ -418,6 +431,7 @@ CONSTRAINTS = {
     "key": Key,
     "pitch_range": PitchRange,
     "polyphony": Polyphony,
+    "programs": Programs,
     "density": Density,
     "time_signature": TimeSignature,
     "end_at": EndAt,

@@ -101,7 +101,11 @@ def infill(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    cons = C.ConstraintSet(vocab, [C.EndAt(vocab, end_b)])
+    chosen: list = [C.EndAt(vocab, end_b)]
+    programs = {t.program for t in q.tracks if not t.is_drum and t.notes}
+    if programs and vocab.has("Program"):  # the new bars use the piece's own instruments
+        chosen.append(C.Programs(vocab, sorted(programs)))
+    cons = C.ConstraintSet(vocab, chosen)
     rows = sample(
         model,
         prompt,
