@@ -106,24 +106,41 @@ def _nested_pass(time: np.ndarray, end: np.ndarray, pitch: np.ndarray) -> int:
     return fixed
 
 
+def _nested_candidates(time: np.ndarray, end: np.ndarray, pitch: np.ndarray) -> np.ndarray:
+    """Pitches with a note ending before an earlier same-pitch note ends (vectorized pre-check)."""
+    order = np.lexsort((-end, time, pitch))
+    p, e = pitch[order].astype(np.int64), end[order].astype(np.int64)
+    big = int(e.max()) + 1
+    running = np.maximum.accumulate(p * big + e) - p * big  # max end so far within the pitch
+    prev = np.concatenate([[-1], running[:-1]])
+    same = np.concatenate([[False], p[1:] == p[:-1]])
+    return np.unique(p[same & (e < prev)])
+
+
 def _fix_nested_notes(track: Track) -> int:
     """End a note where a nested same-pitch note starts (MIDILike FIFO pairing); returns fixes.
 
     Repeated to a fixed point: shortening one note can nest it inside an earlier one (POP909 016).
+    Only pitches flagged by the vectorized pre-check go through the Python sweep.
     """
     notes = track.notes.numpy()
     if len(notes["time"]) < 2:
         return 0
     time, pitch = notes["time"], notes["pitch"]
     end = time + notes["duration"]
+    flagged = _nested_candidates(time, end, pitch)
+    if len(flagged) == 0:
+        return 0
+    sel = np.flatnonzero(np.isin(pitch, flagged))
+    sub_end = end[sel].copy()
     total = 0
-    while fixed := _nested_pass(time, end, pitch):
+    while fixed := _nested_pass(time[sel], sub_end, pitch[sel]):
         total += fixed
     if total:
-        track.notes = [
-            Note(int(a), int(e - a), int(p), int(v))
-            for a, e, p, v in zip(time, end, pitch, notes["velocity"], strict=True)
-        ]
+        end[sel] = sub_end
+        track.notes = Note.from_numpy(
+            time, (end - time).astype(time.dtype), pitch, notes["velocity"]
+        )
         track.notes.sort()
     return total
 
