@@ -6,13 +6,16 @@ Shape legend
   S  key positions (cache + call)   D  head width (C // H)
   W  window (block length)          N  query blocks (ceil(T / W))
   G  global summary tokens          F  feed-forward width
+  K  keys per query block (2W, or 2W + G with summaries)
 
 The attention *kinds* (full / sliding_window / hierarchical) are small strategy objects picked by
 name from ``ATTENTION``; the :class:`Attention` module owns the projections and rotary positions
 and hands ``q, k, v`` to its kind. Every kind has one dense reference path (an explicit boolean
 mask from absolute positions, used for cached decoding and for arbitrary query/key offsets) and,
-where it pays, a fast path for training (``is_causal=True`` SDPA, or block-local attention whose
-memory is O(T·W) instead of O(T²)).
+where it pays, a fast path for training: ``is_causal=True`` SDPA (torch's CPU flash kernel, no
+T×T matrix), or block-local attention that never builds the T×T mask of the dense path (memory
+O(T·W); it copies keys/values once per block pair, so it uses somewhat more memory than flash
+full attention; see benchmarks/bench_attention.py).
 """
 
 from __future__ import annotations
