@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_attention.py            # full run (~5 minutes on 2 cores)
     .venv/bin/python benchmarks/bench_attention.py --quick    # smoke run (seconds)
+    .venv/bin/python benchmarks/bench_attention.py --vs-x-transformers   # decode vs x-transformers
 
 Each measurement runs in a fresh subprocess so one case's allocations cannot hide another's.
 Memory: the subprocess reads its resident set size (psutil) right before the forward+backward and
@@ -100,6 +101,48 @@ def run_decode_case(kind: str, batch: int, prompt: int, new: int) -> dict:
     }  # fmt: skip
 
 
+def decode_vs_x_transformers(rounds: int = 3, prompt: int = 256, new: int = 128) -> dict:
+    """ms/token of cached greedy-ish decoding at batch 1, 1 thread, interleaved with x-transformers'
+    ``generate(cache_kv=True)`` on a same-shaped rotary decoder (FACTS.md measured it at 5-7
+    ms/token). Both timings include the prompt's prefill, amortized over the new tokens;
+    x-transformers also applies its default top-k filter and sampling at each step."""
+    from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    decoder = Decoder(dim=256, depth=6, heads=8, rotary_pos_emb=True, attn_flash=True)
+    xt = AutoregressiveWrapper(
+        TransformerWrapper(num_tokens=400, max_seq_len=1024, attn_layers=decoder)
+    )
+    ours = build_model(model_config("full", prompt + new)).eval()
+    x = torch.randint(1, 400, (1, prompt), generator=torch.Generator().manual_seed(1))
+
+    def run_xt() -> float:
+        t0 = time.perf_counter()
+        xt.generate(x, new, cache_kv=True)
+        return (time.perf_counter() - t0) / new * 1e3
+
+    def run_ours() -> float:
+        t0 = time.perf_counter()
+        cache = ours.new_cache(1, prompt + new)
+        tok = ours(x, cache=cache, logits_for="last").logits.argmax(-1)  # (1, 1)
+        for _ in range(new - 1):
+            tok = ours(tok, cache=cache, logits_for="last").logits.argmax(-1)
+        return (time.perf_counter() - t0) / new * 1e3
+
+    xt.eval()
+    times: dict[str, list[float]] = {"aurl": [], "x_transformers": []}
+    with torch.inference_mode():
+        run_xt(), run_ours()  # warm-up
+        for _ in range(rounds):
+            times["x_transformers"].append(run_xt())
+            times["aurl"].append(run_ours())
+    return {
+        "ms_per_token": times, "load_avg_1m": os.getloadavg()[0],
+        "params": {"aurl": num_parameters(ours), "x_transformers": num_parameters(xt)},
+    }  # fmt: skip
+
+
 def in_subprocess(args: list[str], threads: int) -> dict:
     """Run one ``--case`` in a fresh interpreter with ``threads`` torch threads."""
     load = os.getloadavg()[0]
@@ -154,8 +197,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--decode-threads", type=int, default=1, help="torch threads for decoding")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training cases")
+    parser.add_argument(
+        "--vs-x-transformers", action="store_true",
+        help="only compare batch-1 cached decoding with x-transformers (results/decode_vs_xt.json)",
+    )  # fmt: skip
     parser.add_argument("--case", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.vs_x_transformers:
+        result = decode_vs_x_transformers()
+        atomic_write_text(
+            RESULTS.with_name("decode_vs_xt.json"), json.dumps(result, indent=1) + "\n"
+        )
+        print(json.dumps(result))
+        return
     if args.case:  # child process: one measurement, JSON on the last stdout line
         torch.set_num_threads(args.threads)
         what, kind, *nums = args.case
