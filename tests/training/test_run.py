@@ -74,7 +74,7 @@ def test_resumed_run_matches_an_uninterrupted_run_bit_for_bit(
     assert best["global_step"] in (8, 16)
 
 
-@pytest.mark.slow  # ~35 s on 2 shared cores (process spawn + gloo)
+# 7 s on the quiet 2-core VM, 34 s when ~5 other jobs shared its cores (process spawn + gloo)
 def test_ddp_on_two_cpu_processes_trains(tmp_path, tokenizer, tiny_config, windows):
     cfg = tiny_config(
         tokenizer,
