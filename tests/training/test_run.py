@@ -82,7 +82,11 @@ def test_ddp_on_two_cpu_processes_trains(tmp_path, tokenizer, tiny_config, windo
         "trainer.max_steps=6", "trainer.val_every_steps=3", "trainer.samples_per_validation=0",
     )  # fmt: skip
     tokenizer.save(tmp_path)
-    run.fit(cfg, tmp_path, tokenizer, windows(32), windows(32, length=8))
+    # Plain tensors as datasets: spawned ranks unpickle them without importing test modules.
+    # 6 steps x 4 windows x 2 ranks = 48 windows drawn, plus the batch Lightning prefetches.
+    train = torch.stack([windows(32)[i] for i in range(64)])  # (64, 33)
+    val = torch.stack([windows(32, seed=1)[i] for i in range(8)])  # (8, 33)
+    run.fit(cfg, tmp_path, tokenizer, train, val)
     ckpt = load_plain(tmp_path / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 6
     assert (tmp_path / "model" / "model.safetensors").is_file()

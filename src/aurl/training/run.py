@@ -114,7 +114,7 @@ class StepData(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.train_ds is None:
             group = self.batch_size * self.trainer.world_size * self.accumulate
-            self.train_ds = self.train if isinstance(self.train, Dataset) else self.train(group)
+            self.train_ds = self.train(group) if callable(self.train) else self.train
 
     def _start(self) -> int:  # micro-batch index where this rank's data stream starts
         return self.trainer.global_step * self.accumulate
