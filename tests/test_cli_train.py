@@ -23,7 +23,7 @@ TINY = REPO / "configs" / "tiny.yaml"
 def test_train_writes_the_run_layout(tiny_run):
     for rel in ("config.yaml", "tokenizer.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
                 "model/model.safetensors", "model/config.yaml", "model/tokenizer.json", "summary.txt",
-                "logs/csv/metrics.csv"):  # fmt: skip
+                "logs/csv/session_0/metrics.csv"):  # fmt: skip
         assert (tiny_run / rel).is_file(), rel
     assert sorted(p.name for p in (tiny_run / "samples").glob("*.mid")) == [
         "step_00010.mid",
@@ -31,7 +31,7 @@ def test_train_writes_the_run_layout(tiny_run):
     ]
     assert load_plain(tiny_run / "checkpoints" / "last.ckpt")["global_step"] == 20
     assert "steps      20 / 20" in (tiny_run / "summary.txt").read_text()
-    metrics = (tiny_run / "logs" / "csv" / "metrics.csv").read_text()
+    metrics = (tiny_run / "logs" / "csv" / "session_0" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/loss" in metrics and "perf/tokens_per_s" in metrics
 
 
@@ -117,6 +117,6 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tiny_data, tmp_p
     assert f"Restoring states from the checkpoint path at {last}" in resumed.stderr
     assert load_plain(last)["global_step"] == 40
     # the resumed session only ran the remaining steps: its first logged step follows the checkpoint
-    with open(run_dir / "logs" / "csv" / "metrics.csv") as fh:
+    with open(run_dir / "logs" / "csv" / "session_1" / "metrics.csv") as fh:
         steps = [int(row["step"]) for row in csv.DictReader(fh)]
     assert steps and min(steps) >= killed_at and max(steps) <= 40

@@ -6,7 +6,8 @@ Run directory layout::
     RUN/tokenizer.json         the prepared data's tokenizer (so the run is self-contained)
     RUN/checkpoints/last.ckpt  every trainer.checkpoint_every_steps and at the end (atomic)
     RUN/checkpoints/best.ckpt  lowest val/loss so far (atomic)
-    RUN/logs/{tensorboard,csv} loggers
+    RUN/logs/tensorboard       TensorBoard events (appended across sessions)
+    RUN/logs/csv/session_N/    metrics.csv of the N-th session (0 = first run, then resumes)
     RUN/samples/step_XXXXX.mid a short sample at each validation
     RUN/model/                 inference bundle exported at the end (aurl.bundle)
     RUN/summary.txt            steps, wall time, best val loss, paths
@@ -274,6 +275,12 @@ def make_module(cfg: RunConfig, vocab_size: int) -> pl.LightningModule:
     return LMModule(cfg, vocab_size)
 
 
+def _csv_session(run_dir: Path) -> str:
+    """``session_N`` for the N-th training session of this run (0 = the first, then resumes)."""
+    csv_dir = run_dir / "logs" / "csv"
+    return f"session_{len(list(csv_dir.glob('session_*'))) if csv_dir.is_dir() else 0}"
+
+
 def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> pl.Trainer:
     """The Lightning Trainer described by ``cfg.trainer`` and ``cfg.optim``."""
     t, o = cfg.trainer, cfg.optim
@@ -306,7 +313,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> pl.Trainer:
         TensorBoardLogger(
             save_dir=run_dir / "logs", name="tensorboard", version="", default_hp_metric=False
         ),
-        CSVLogger(save_dir=run_dir / "logs", name="csv", version=""),
+        # One CSV folder per session: Lightning's CSV writer replaces an existing metrics.csv.
+        CSVLogger(save_dir=run_dir / "logs", name="csv", version=_csv_session(run_dir)),
     ]
     return pl.Trainer(
         accelerator=t.accelerator,
