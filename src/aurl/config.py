@@ -52,6 +52,10 @@ class TokenizerConfig:
     """Lowest and one-past-highest MIDI pitch kept (piano range by default)."""
     use_programs: bool = True
     """Program tokens, so multi-track files keep their instruments in one token stream."""
+    program_changes: bool = True
+    """Emit a Program token only when the instrument changes, not before every event (MidiTok's
+    ``program_changes``). Measured on 16 Bach/multitrack files: MIDILike 5.41 -> 4.18 tokens per
+    note, REMI 4.26 -> 3.77, TSD 4.24 -> 3.74, round trip still exact."""
     use_tempos: bool = False
     """Tempo tokens (only REMI and TSD place them; MIDILike ignores this)."""
     bpe_vocab_size: int = 0

@@ -120,7 +120,9 @@ def test_sliding_window_generates_past_the_context_and_stays_decodable(tiny_bund
 def test_sampling_stops_exactly_at_the_requested_time(tiny_bundle):
     tok, model = tiny_bundle.tokenizer, tiny_bundle.model
     vocab = C.Vocab.from_tokenizer(tok)
-    cons = C.ConstraintSet(vocab, [C.EndAt(vocab, 8.0)])
+    # a random model left free piles up notes at one instant (Program changes make that cheap);
+    # capping polyphony forces time forward so the 2,000-token budget reaches 8 beats
+    cons = C.ConstraintSet(vocab, [C.EndAt(vocab, 8.0), C.Polyphony(vocab, 4)])
     rows = sample(
         model, [tok.bos_id], num=2, rule=StopRule(tok.eos_id, 2000, 8.0), constraints=cons
     )

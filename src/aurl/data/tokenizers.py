@@ -12,8 +12,9 @@ Decisions (see docs/data_format.md):
   ``DrumOn``/``PitchDrum`` tokens); MidiTok merges tracks that share a program (Bach: music21 writes
   one program-0 track per voice, so its voices merge). The cost, measured on every 10th chorale and
   40 POP909 songs against ``use_programs=False``: MIDILike +60 % tokens on Bach / +51 % on POP909
-  (a ``Program`` before every NOTE_ON *and* NOTE_OFF), REMI and TSD +29-30 %. We keep it by default
-  so instruments survive in multi-track pop; BPE absorbs much of it. ``use_programs=False`` merges
+  (a ``Program`` before every NOTE_ON *and* NOTE_OFF), REMI and TSD +29-30 %. We keep programs by
+  default so instruments survive in multi-track pop, but with ``program_changes`` (default on) a
+  ``Program`` token is written only when the instrument changes, which removes most of that cost. ``use_programs=False`` merges
   all pitched tracks into one piano track and drops drum tracks.
 - MIDILike pairs NOTE_OFF with the oldest open NOTE_ON of the same pitch (FIFO), so a same-pitch
   note nested inside a longer one cannot round-trip. :meth:`MusicTokenizer.preprocess` ends the
@@ -72,6 +73,7 @@ def _miditok_config(cfg: TokenizerConfig) -> miditok.TokenizerConfig:
         special_tokens=["PAD", "BOS", "EOS"],  # PAD must be id 0: the model ignores it in the loss
         use_programs=cfg.use_programs,
         one_token_stream_for_programs=True,
+        program_changes=cfg.use_programs and cfg.program_changes,
         use_time_signatures=False,
         use_tempos=cfg.use_tempos and cfg.kind != "midilike",
         use_chords=False,

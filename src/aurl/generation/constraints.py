@@ -73,7 +73,7 @@ class Grammar:
             starts,
         )  # after a note: another note, a later position, a new bar
         after_program = note_start
-        if starts != "Program":
+        if starts != "Program" or v.program_changes:
             event[v.kind] = (*event[v.kind], *note_start)
         self.allowed = {
             "start": v.mask_of("Bar") if v.kind == "remi" else v.mask_of(*event[v.kind]),
@@ -84,7 +84,9 @@ class Grammar:
             else v.mask_of(*event[v.kind]),
             "duration": v.mask_of("Duration"),
             "bar": v.mask_of("Position", "Bar", "TimeSig"),
-            "position": v.mask_of(starts) if starts == "Program" else v.mask_of(*note_start),
+            "position": v.mask_of(starts, *note_start)
+            if v.program_changes
+            else (v.mask_of(starts) if starts == "Program" else v.mask_of(*note_start)),
             "done": np.zeros(v.size, dtype=bool),
         }
         self.allowed["done"][v.eos_id] = True

@@ -37,12 +37,18 @@ class Vocab:
     type_mask: dict[str, np.ndarray] = field(default_factory=dict)  # type -> (V,) bool
     expansion: Sequence[np.ndarray] | None = None  # BPE id -> its base ids (None without BPE)
     note_on: np.ndarray | None = None  # (V,) ids that start a note: NoteOn (midilike) or Pitch
+    program_changes: bool = False
+    """Program tokens appear only when the instrument changes (MidiTok ``program_changes``), so a
+    note may follow an event without a Program token of its own."""
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> Vocab:
         """Tables for an ``aurl.data.tokenizers.MusicTokenizer`` (BPE merges expand to base ids)."""
         expansion = getattr(tokenizer, "_expansion", None)
-        return cls.from_strings(tokenizer.base_vocab, tokenizer.vocab_size, expansion)
+        vocab = cls.from_strings(tokenizer.base_vocab, tokenizer.vocab_size, expansion)
+        cfg = getattr(tokenizer, "cfg", None)
+        vocab.program_changes = bool(cfg and cfg.use_programs and cfg.program_changes)
+        return vocab
 
     @classmethod
     def from_strings(
