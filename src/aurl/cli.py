@@ -29,7 +29,9 @@ def _tokenizer_cfg(args: argparse.Namespace):
 
 
 def _add_prepare(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="a folder of MIDI/MusicXML/ABC/kern files, the word 'bach', or 'merge'")
+    p.add_argument(
+        "input", help="a folder of MIDI/MusicXML/ABC/kern files, the word 'bach', or 'merge'"
+    )
     p.add_argument("parts", nargs="*", help="with 'merge': the prepared slice directories to join")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--tokenizer", default="midilike", choices=["midilike", "remi", "tsd"])
@@ -185,7 +187,9 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-polyphony", type=int)
     p.add_argument("--density", type=float, help="target notes per beat (soft)")
     p.add_argument("--soft", action="store_true", help="constraints penalize instead of forbid")
-    p.add_argument("--time-signature", help="keep this meter, e.g. 3/4 (default: the prompt's, else 4/4)")
+    p.add_argument(
+        "--time-signature", help="keep this meter, e.g. 3/4 (default: the prompt's, else 4/4)"
+    )
     p.add_argument("--beam", type=int, default=1, help="beam width (1 = sampling)")
     p.add_argument("--batch-size", type=int, default=4)
 
@@ -200,7 +204,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _add_infill(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="MIDI file")
-    p.add_argument("--bars", required=True, help="bars to regenerate, e.g. 5-8 (1-based, inclusive)")
+    p.add_argument(
+        "--bars", required=True, help="bars to regenerate, e.g. 5-8 (1-based, inclusive)"
+    )
     _add_common_generation(p)
 
 
@@ -259,7 +265,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "generate": ("generate new pieces", _add_generate, _run_generate),
     "infill": ("regenerate bars of a piece in context", _add_infill, _run_infill),
     "sample": ("VAE: sample pieces from the prior", _add_sample, _run_vae("sample")),
-    "interpolate": ("VAE: interpolate between two pieces", _add_interpolate, _run_vae("interpolate")),
+    "interpolate": (
+        "VAE: interpolate between two pieces",
+        _add_interpolate,
+        _run_vae("interpolate"),
+    ),
     "vary": ("VAE: variations of a piece", _add_vary, _run_vae("vary")),
 }
 
@@ -284,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"aurl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        # Training that diverged stops with a message meant for the user, not a traceback.
+        if type(exc).__name__ != "TrainingDivergedError":
+            raise
+        print(f"aurl {args.command}: stopped: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"aurl {args.command}: interrupted", file=sys.stderr)
         return 130

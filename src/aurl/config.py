@@ -28,7 +28,9 @@ QUANTIZE_MODES = ("strict", "groove", "adaptive")
 
 def _check_choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        raise ValueError(
+            f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+        )
 
 
 def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -72,7 +74,9 @@ class TokenizerConfig:
             raise ValueError(f"tokenizer.num_velocities={self.num_velocities} must be in 1..127")
         lo, hi = self.pitch_range
         if not 0 <= lo < hi <= 128:
-            raise ValueError(f"tokenizer.pitch_range={self.pitch_range} must satisfy 0 <= low < high <= 128")
+            raise ValueError(
+                f"tokenizer.pitch_range={self.pitch_range} must satisfy 0 <= low < high <= 128"
+            )
         self.pitch_range = (int(lo), int(hi))
         _check_positive("tokenizer.bpe_vocab_size", self.bpe_vocab_size, allow_zero=True)
 
@@ -164,7 +168,9 @@ class VAEConfig:
     disc_lr: float = 2e-4
 
     def __post_init__(self) -> None:
-        _check_choice("model.vae.kl_schedule", self.kl_schedule, ("linear", "cyclical", "cosine", "constant"))
+        _check_choice(
+            "model.vae.kl_schedule", self.kl_schedule, ("linear", "cyclical", "cosine", "constant")
+        )
         _check_choice("model.vae.prior", self.prior, ("gaussian", "mog"))
         _check_choice("model.vae.adv_loss", self.adv_loss, ("hinge", "nsgan"))
         _check_positive("model.vae.latent_dim", self.latent_dim)
@@ -413,7 +419,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """Load a YAML preset (or defaults when path is None) and apply overrides; validates."""
     data: dict = {}
     if path is not None:
@@ -437,7 +445,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
