@@ -27,6 +27,22 @@ def test_round_trip_gives_the_same_logits_and_keeps_weights_tied(tiny_run, tmp_p
     assert not list((tmp_path / "b").glob(".*tmp"))
 
 
+def test_float16_storage_halves_the_file_and_loads_back_into_fp32(tiny_run, tmp_path):
+    a = load_bundle(tiny_run)
+    save_bundle(tmp_path / "f32", a.model, a.config, a.tokenizer)
+    save_bundle(tmp_path / "f16", a.model, a.config, a.tokenizer, weights_dtype="float16")
+    size32 = (tmp_path / "f32" / "model.safetensors").stat().st_size
+    size16 = (tmp_path / "f16" / "model.safetensors").stat().st_size
+    assert size16 < 0.6 * size32
+    b = load_bundle(tmp_path / "f16")
+    assert b.model.tok_emb.weight.dtype == torch.float32
+    assert b.model.lm_head.weight is b.model.tok_emb.weight
+    torch.testing.assert_close(_logits(b.model), _logits(a.model), atol=2e-2, rtol=0)
+    assert a.model.tok_emb.weight.dtype == torch.float32  # the caller's model is left alone
+    with pytest.raises(ValueError, match="weights_dtype"):
+        save_bundle(tmp_path / "x", a.model, a.config, a.tokenizer, weights_dtype="int8")
+
+
 def test_run_dir_without_export_loads_from_the_checkpoint(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)

@@ -8,6 +8,7 @@ the tokenizer is JSON. ``load_bundle`` also accepts a training run directory: it
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -24,6 +25,7 @@ from aurl.config import RunConfig, atomic_write_text, from_dict, load_config, sa
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONFIG_FILE = "config.yaml"
 CARD_FILE = "MODEL_CARD.md"
 TOKENIZER_FILE = "tokenizer.json"
@@ -60,11 +62,19 @@ def save_bundle(
     cfg: RunConfig,
     tokenizer,
     card: str | None = None,
+    weights_dtype: str = "float32",
 ) -> Path:
     """Write the bundle files into ``dir`` (each atomically) and return ``dir``.
 
     ``cfg.model.vocab_size`` is set from the tokenizer so the bundle rebuilds without data.
+    ``weights_dtype`` (float32, float16 or bfloat16) is the storage type only: loading casts the
+    weights back into the fp32 model, so float16 halves the file for a measured, tiny loss
+    (see models/bach_small/MODEL_CARD.md).
     """
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(
+            f"weights_dtype={weights_dtype!r}; choose one of {', '.join(WEIGHT_DTYPES)}"
+        )
     out = Path(dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.model.vocab_size not in (0, tokenizer.vocab_size):
@@ -78,7 +88,12 @@ def save_bundle(
     os.close(fd)
     try:
         # save_model drops the duplicate name of a shared (tied) tensor and load_model restores it.
-        save_model(model, tmp)
+        stored = (
+            model
+            if weights_dtype == "float32"
+            else copy.deepcopy(model).to(WEIGHT_DTYPES[weights_dtype])
+        )
+        save_model(stored, tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         Path(tmp).replace(out / WEIGHTS_FILE)

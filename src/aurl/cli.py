@@ -148,12 +148,18 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="run directory")
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="storage type of the weights (float16 halves the file; loading casts back to fp32)",
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from aurl.training import export
 
-    path = export.export_run(args.run, args.out, which=args.checkpoint)
+    path = export.export_run(args.run, args.out, which=args.checkpoint, weights_dtype=args.dtype)
     print(f"exported {args.run} -> {path}")
     return 0
 

@@ -29,7 +29,12 @@ def model_card(cfg, checkpoint: Path, extra: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, which: str = "best") -> Path:
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    which: str = "best",
+    weights_dtype: str = "float32",
+) -> Path:
     """Write the bundle of ``run_dir``'s ``checkpoints/{which}.ckpt`` into ``out``.
 
     ``which="best"`` falls back to ``last`` when the run never validated (with a warning).
@@ -51,4 +56,6 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, which: str = 
     from aurl.models import num_parameters
 
     card = model_card(bundle.config, ckpt, {"parameters": f"{num_parameters(bundle.model):,}"})
-    return save_bundle(out, bundle.model, bundle.config, bundle.tokenizer, card=card)
+    return save_bundle(
+        out, bundle.model, bundle.config, bundle.tokenizer, card=card, weights_dtype=weights_dtype
+    )
