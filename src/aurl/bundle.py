@@ -12,7 +12,6 @@ import copy
 import dataclasses
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from aurl.atomic import atomic_path
 from aurl.config import RunConfig, atomic_write_text, from_dict, load_config, save_config
 
 log = logging.getLogger(__name__)
@@ -84,22 +84,14 @@ def save_bundle(
     cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     )
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
         # save_model drops the duplicate name of a shared (tied) tensor and load_model restores it.
         stored = (
             model
             if weights_dtype == "float32"
             else copy.deepcopy(model).to(WEIGHT_DTYPES[weights_dtype])
         )
-        save_model(stored, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        Path(tmp).replace(out / WEIGHTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_model(stored, str(tmp))
     save_config(cfg, out / CONFIG_FILE)
     tokenizer.save(out)
     if card is not None:

@@ -12,12 +12,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
+
+from aurl.atomic import atomic_write_text
 
 TOKENIZER_KINDS = ("midilike", "remi", "tsd")
 MODEL_MODES = ("transformer", "vae", "vae_gan")
@@ -433,22 +434,6 @@ def load_config(
             raise ValueError(f"{p}: top level must be a mapping")
     apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write text via a temporary file + rename so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:

@@ -16,11 +16,11 @@ import copy
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import symusic
 
+from aurl.atomic import atomic_write_bytes
 from aurl.data.repair import RepairReport, repair_score
 
 __all__ = [
@@ -116,19 +116,7 @@ def load_score_bytes(
 
 def save_score(score: symusic.Score, path: str | os.PathLike) -> None:
     """Write ``score`` as a standard MIDI file, atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = score.dumps_midi()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, score.dumps_midi())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import symusic
 
+from aurl.atomic import atomic_path
 from aurl.data.midi_io import save_score
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,8 @@ SAMPLE_RATE = 22050
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` then rename tmp onto ``path`` so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        write(tmp)
     return path
 
 
