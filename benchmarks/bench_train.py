@@ -67,7 +67,11 @@ class XTransformer(nn.Module):
                 ff_mult=cfg.d_ff // cfg.d_model, attn_flash=True, rotary_pos_emb=True,
             ),
             use_abs_pos_emb=False,
-            tie_embedding=True,
+            # x-transformers' default (untied) output layer: with tie_embedding=True its logits are
+            # scaled by dim**-0.5 and the 5-minute Bach run stalled near the unigram loss (test
+            # 3.14 nats/token vs 1.12 for Aurl, benchmarks/results/train.json history); untied
+            # adds vocab x dim = 143k parameters (+2 %), stated in the results.
+            tie_embedding=False,
         )  # fmt: skip
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> SimpleNamespace:
@@ -162,7 +166,8 @@ def train_for(kind: str, data_dir: Path, minutes: float, args: argparse.Namespac
     model.eval()
     figures = split_likelihood(model, data.split("test"), tok, args.seq_len, batch_size=8)
     row = {
-        "model": kind, "data": str(data_dir), "tokenizer": tok.cfg.kind, "bpe": tok.is_trained,
+        "model": kind, "params": num_parameters(model), "data": str(data_dir),
+        "tokenizer": tok.cfg.kind, "bpe": tok.is_trained,
         "vocab": tok.vocab_size, "steps": step, "train_minutes": round(train_s / 60, 2),
         "last_train_loss": round(loss, 3), "test_nll_per_token": round(figures["nll_per_token"], 4),
         "test_bits_per_note": round(figures["bits_per_note"], 3),
