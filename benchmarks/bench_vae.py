@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -79,6 +78,23 @@ def score_stats(tok, rows: list[list[int]]) -> dict:
     }
 
 
+def interp_step(tok, ref: dict, step: int, row: list[int]) -> dict:
+    """One interpolation step checked as music: decodes to notes, pitches within the test range."""
+    st = score_stats(tok, [row])
+    in_range = (
+        st["pitch_min"] is not None
+        and ref["pitch_min"] <= st["pitch_min"]
+        and st["pitch_max"] <= ref["pitch_max"]
+    )
+    return {
+        "step": step,
+        "tokens": len(row),
+        "notes": st["notes"],
+        "decodable": st["notes"] > 0,
+        "pitches_in_test_range": bool(in_range),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # one mode
 
@@ -105,6 +121,7 @@ def run_mode(
          "trainer.samples_per_validation=0", *overrides],
     )  # fmt: skip
     run_dir = work / mode
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an older one
     t0 = time.perf_counter()
     run.train(cfg, run_dir)
     train_s = time.perf_counter() - t0
@@ -125,26 +142,16 @@ def run_mode(
     test = _split_pieces(prepared, "test")
     model = bundle.model
     za, zb = encode_ids(model, tok, test[0]), encode_ids(model, tok, test[1])
-    path = model.interpolate(za, zb, 5)
-    steps_rows = decode_rows(bundle, path, 0.0, 1.0, seed=0)
+    path = model.interpolate(za, zb, 6)
     ref = score_stats(tok, [list(p) for p in test])
-    interp = []
-    for i, row in enumerate(steps_rows):
-        st = score_stats(tok, [row])
-        in_range = (
-            st["pitch_min"] is not None
-            and ref["pitch_min"] <= st["pitch_min"]
-            and st["pitch_max"] <= ref["pitch_max"]
-        )
-        interp.append(
-            {
-                "step": i,
-                "tokens": len(row),
-                "notes": st["notes"],
-                "decodable": st["notes"] > 0,
-                "pitches_in_test_range": bool(in_range),
-            }
-        )
+    special = {tok.bos_id, tok.eos_id, tok.pad_id}
+    raw_rows = model.decode(path, 506, bos_id=tok.bos_id, eos_id=tok.eos_id)  # no grammar
+    decoded = {
+        "grammar": decode_rows(bundle, path, 0.0, 1.0, seed=0),  # what `aurl interpolate` writes
+        "raw": [[i for i in r if i not in special] for r in raw_rows],
+    }
+    interp = {name: [interp_step(tok, ref, i, row) for i, row in enumerate(rows)]
+              for name, rows in decoded.items()}  # fmt: skip
 
     # prior samples vs test segments
     gen = torch.Generator().manual_seed(0)
@@ -160,10 +167,12 @@ def run_mode(
         "train_wall_s": round(train_s, 1),
         "steps": steps,
         "metrics": metrics,
+        "steps_per_minute": round(steps / (train_s / 60), 2),
         "interpolation": interp,
-        "interpolation_middle_ok": all(
-            r["decodable"] and r["pitches_in_test_range"] for r in interp[1:-1]
-        ),
+        "interpolation_middle_ok": {
+            name: all(r["decodable"] and r["pitches_in_test_range"] for r in rows[1:-1])
+            for name, rows in interp.items()
+        },
         "prior_samples": {
             "num": samples,
             "pc_hist_l1_vs_test": pc_l1,
@@ -191,7 +200,9 @@ def render(results: list[dict]) -> str:
         ("ELBO bits/note (bound)", lambda r: f"{r['metrics']['elbo_bits_per_note']:.3f}"),
         ("KL global / bar (nats)", lambda r: f"{r['metrics']['kl_global']:.2f} / {r['metrics']['kl_bar']:.2f}"),
         ("active units global / bar", lambda r: f"{r['metrics']['active_units_global']} / {r['metrics']['active_units_bar']}"),
-        ("interp. middle steps ok", lambda r: str(r["interpolation_middle_ok"])),
+        ("steps per minute", lambda r: f"{r['steps_per_minute']:.1f}"),
+        ("interp. middle steps valid (grammar / raw)",
+         lambda r: f"{r['interpolation_middle_ok']['grammar']} / {r['interpolation_middle_ok']['raw']}"),
         ("prior: pitch-class L1 vs test", lambda r: f"{r['prior_samples']['pc_hist_l1_vs_test']:.3f}"),
         ("prior: polyphony (test)", lambda r: f"{r['prior_samples']['mean_polyphony']:.2f} ({r['prior_samples']['test_mean_polyphony']:.2f})"),
         ("prior: notes/beat (test)", lambda r: f"{r['prior_samples']['notes_per_beat']:.2f} ({r['prior_samples']['test_notes_per_beat']:.2f})"),
@@ -240,19 +251,20 @@ def main() -> None:
     )
     p.add_argument("--tiny", action="store_true", help="tiny model (smoke test)")
     p.add_argument("--out", type=Path, default=RESULTS / "vae.json")
+    p.add_argument(
+        "--work", type=Path, default=ROOT / "runs" / "bench_vae",
+        help="run directories (WORK/vae, WORK/vae_gan; replaced), kept for aurl interpolate/evaluate",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     overrides = (TINY if args.tiny else []) + list(args.overrides)
     torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory(prefix="bench_vae_") as tmp:
-        results = [
-            run_mode(
-                m, args.data, args.minutes, overrides, Path(tmp), args.samples, args.out.parent
-            )
-            for m in ("vae", "vae_gan")
-        ]
+    results = [
+        run_mode(m, args.data, args.minutes, overrides, args.work, args.samples, args.out.parent)
+        for m in ("vae", "vae_gan")
+    ]
     blob = {
         "data": str(args.data),
         "overrides": overrides,

@@ -142,6 +142,14 @@ def test_end_at_bans_time_shifts_past_the_end(midilike):
     assert mask[vocab.id_of("TimeShift", 2.0)]
 
 
+def test_end_not_before_bans_only_eos_and_only_before_the_end(midilike):
+    vocab = C.Vocab.from_tokenizer(midilike)
+    rule = C.EndNotBefore(vocab, 8.0)
+    early = rule.banned(C.SeqState(time=7.5))
+    assert early[vocab.eos_id] and early.sum() == 1
+    assert rule.banned(C.SeqState(time=8.0)) is None
+
+
 def test_remi_positions_increase_within_the_bar_and_fit_the_meter():
     tok = MusicTokenizer(TokenizerConfig(kind="remi"))
     vocab = C.Vocab.from_tokenizer(tok)

@@ -29,6 +29,7 @@ from aurl.training.vae_module import (
     free_bits_kl,
     kl_weight,
     plot_gan_losses,
+    trim_batch,
     vae_metrics,
 )
 
@@ -148,6 +149,14 @@ def _fit(module: VAEModule, ds: SegmentDataset, tmp_path: Path, **trainer_kw) ->
     loader = DataLoader(ds, batch_size=4, shuffle=False)
     trainer.fit(module, loader, DataLoader(ds, batch_size=4))
     return trainer
+
+
+def test_trim_batch_drops_only_all_pad_columns():
+    tokens = torch.tensor([[1, 5, 6, 2, 0, 0, 0], [1, 7, 2, 0, 0, 0, 0]])
+    bars = torch.where(tokens != 0, 0, -1)
+    out = trim_batch({"tokens": tokens, "bar_ids": bars})
+    assert out["tokens"].tolist() == [[1, 5, 6, 2], [1, 7, 2, 0]]
+    assert out["bar_ids"].shape == (2, 4)
 
 
 def test_vae_trains_and_logs_named_terms(prepared, tmp_path):

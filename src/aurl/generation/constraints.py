@@ -24,7 +24,7 @@ import torch
 from aurl.generation.state import TIME_EPS, SeqState, Vocab, advance, replay
 
 __all__ = [
-    "CONSTRAINTS", "SCALES", "TIME_EPS", "ConstraintSet", "Density", "EndAt", "Grammar", "Key",
+    "CONSTRAINTS", "SCALES", "TIME_EPS", "ConstraintSet", "Density", "EndAt", "EndNotBefore", "Grammar", "Key",
     "PitchRange", "Polyphony", "Programs", "SeqState", "TimeSignature", "Vocab", "advance", "finish",
     "parse_key", "replay",
 ]  # fmt: skip
@@ -238,6 +238,20 @@ class EndAt:
         return out
 
 
+class EndNotBefore:
+    """Length control from below: no EOS before ``beats`` (a VAE segment of K bars fills K bars)."""
+
+    strict = True
+
+    def __init__(self, vocab: Vocab, beats: float) -> None:
+        self.beats = beats
+        self.eos = np.zeros(vocab.size, dtype=bool)
+        self.eos[vocab.eos_id] = True
+
+    def banned(self, s: SeqState) -> np.ndarray | None:
+        return self.eos if s.time < self.beats - TIME_EPS else None
+
+
 CONSTRAINTS = {
     "grammar": Grammar,
     "key": Key,
@@ -247,6 +261,7 @@ CONSTRAINTS = {
     "density": Density,
     "time_signature": TimeSignature,
     "end_at": EndAt,
+    "end_not_before": EndNotBefore,
 }
 
 

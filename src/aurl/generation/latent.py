@@ -15,6 +15,7 @@ WAV through :func:`aurl.generation.export.export_piece`) and a ``samples.json``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -27,8 +28,10 @@ import numpy as np
 import torch
 
 from aurl.config import atomic_write_text
+from aurl.generation import constraints as C
 from aurl.generation.export import export_piece
 from aurl.generation.pipeline import Piece, Summary, load_model
+from aurl.generation import sample as decoding
 from aurl.models.vae import Latents, MusicVAE, cut_segments, pack_segment
 
 log = logging.getLogger(__name__)
@@ -94,17 +97,54 @@ def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
     return model.posterior_mean(post)
 
 
+class PrefixedDecoder(torch.nn.Module):
+    """The VAE's decoder seen through the decoding loops' model contract (``generation.sample``).
+
+    The latent prefix (B, P, C) goes in front of the first forward pass and so into the KV cache;
+    later steps are ordinary cached decoding. The context the loop sees is the decoder's minus the
+    P prefix positions, so the loop never slides the prefix out of the cache.
+    """
+
+    def __init__(self, decoder: torch.nn.Module, prefix: torch.Tensor) -> None:
+        super().__init__()
+        self.decoder, self.prefix = decoder, prefix
+        self.P = prefix.shape[1]
+        self.cfg = dataclasses.replace(decoder.cfg, max_seq_len=decoder.cfg.max_seq_len - self.P)
+
+    def new_cache(self, batch: int, max_len: int):
+        return self.decoder.new_cache(batch, max_len + self.P)
+
+    def forward(self, tokens: torch.Tensor, cache=None, logits_for: str = "all"):
+        first = cache is None or cache.length == 0
+        prefix = self.prefix if first else None
+        return self.decoder(tokens, cache=cache, prefix=prefix, logits_for=logits_for)
+
+
 def decode_rows(
     bundle, latents: Latents, temperature: float, top_p: float, seed: int
 ) -> list[list[int]]:
+    """One decoded segment per latent row (tokens without BOS/EOS); temperature 0 = greedy.
+
+    Decoding goes through the same grammar as ``aurl generate`` (every row decodes to MIDI) and
+    two length constraints: the segment neither ends before nor runs past its
+    ``bars_per_segment`` bars, so a point in latent space always becomes exactly that much music,
+    and concatenated segments stay on the bar grid. Row ``i`` samples with seed ``seed + i``.
+    """
     model, tok = _vae(bundle), bundle.tokenizer
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    rows = model.decode(
-        latents, _budget(model), bos_id=tok.bos_id, eos_id=tok.eos_id,
-        temperature=temperature, top_p=top_p, generator=gen,
+    v = model.cfg.vae
+    vocab = C.Vocab.from_tokenizer(tok)
+    beats = float(v.bars_per_segment * v.beats_per_bar)
+    cons = C.ConstraintSet(vocab, [C.EndAt(vocab, beats), C.EndNotBefore(vocab, beats)])
+    with torch.no_grad():
+        decoder = PrefixedDecoder(model.decoder, model.prefix(latents))
+    filters = {"top_k": 1} if temperature <= 0 else {"temperature": temperature, "top_p": top_p}
+    num = latents.z_g.shape[0]
+    rows = decoding.sample(
+        decoder, [tok.bos_id], num=num, rule=decoding.StopRule(tok.eos_id, _budget(model), beats),
+        filters=filters, constraints=cons, seeds=[seed + i for i in range(num)],
     )  # fmt: skip
     special = {tok.bos_id, tok.eos_id, tok.pad_id}
-    return [[i for i in row if i not in special] for row in rows]
+    return [[i for i in C.finish([tok.bos_id, *row], vocab) if i not in special] for row in rows]
 
 
 def _write(
