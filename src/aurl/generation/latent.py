@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from aurl.config import atomic_write_text
 from aurl.generation import constraints as C
-from aurl.generation.export import export_piece
-from aurl.generation.pipeline import Piece, Summary, load_model
 from aurl.generation import sample as decoding
+from aurl.generation.export import export_piece
+from aurl.generation.pipeline import Piece, Summary, _write_samples_json, load_model
 from aurl.models.vae import Latents, MusicVAE, cut_segments, pack_segment
 
 log = logging.getLogger(__name__)
@@ -174,14 +171,7 @@ def _write(
         summary.pieces.append(
             Piece(i, seeds[i], len(body), tok.count_notes(ids), beats, seconds, files)
         )
-    blob = {
-        "command": command,
-        "model": summary.model,
-        "settings": settings,
-        "elapsed_s": round(elapsed, 3),
-        "pieces": [asdict(p) for p in summary.pieces],
-    }
-    atomic_write_text(out / "samples.json", json.dumps(blob, indent=2, default=str) + "\n")
+    _write_samples_json(out, summary, settings)
     return summary
 
 
