@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -196,6 +198,7 @@ def render(results: list[dict]) -> str:
         ("steps in the budget", lambda r: f"{r['steps']}"),
         ("recon acc, teacher-forced", lambda r: f"{r['metrics']['recon_acc_teacher']:.3f}"),
         ("recon acc, greedy from mu", lambda r: f"{r['metrics']['recon_acc_greedy']:.3f}"),
+        ("recon note F1, greedy from mu", lambda r: f"{r['metrics']['recon_note_f1_greedy']:.3f}"),
         ("recon bits/note (z = mu)", lambda r: f"{r['metrics']['bits_per_note']:.3f}"),
         ("ELBO bits/note (bound)", lambda r: f"{r['metrics']['elbo_bits_per_note']:.3f}"),
         ("KL global / bar (nats)", lambda r: f"{r['metrics']['kl_global']:.2f} / {r['metrics']['kl_bar']:.2f}"),
@@ -226,6 +229,11 @@ def verdict(results: list[dict]) -> str:
         ("prior polyphony error",
          abs(v["prior_samples"]["mean_polyphony"] - v["prior_samples"]["test_mean_polyphony"]),
          abs(g["prior_samples"]["mean_polyphony"] - g["prior_samples"]["test_mean_polyphony"])),
+        ("prior note-density error",
+         abs(v["prior_samples"]["notes_per_beat"] - v["prior_samples"]["test_notes_per_beat"]),
+         abs(g["prior_samples"]["notes_per_beat"] - g["prior_samples"]["test_notes_per_beat"])),
+        ("greedy reconstruction note F1 (as 1 - F1)",
+         1 - v["metrics"]["recon_note_f1_greedy"], 1 - g["metrics"]["recon_note_f1_greedy"]),
     ]  # fmt: skip
     # A single seed at a few minutes of CPU: count a figure only if it moved by more than 5 %.
     better = [n for n, a, b in figures if b < a * 0.95]
@@ -255,6 +263,10 @@ def main() -> None:
         "--work", type=Path, default=ROOT / "runs" / "bench_vae",
         help="run directories (WORK/vae, WORK/vae_gan; replaced), kept for aurl interpolate/evaluate",
     )  # fmt: skip
+    p.add_argument(
+        "--modes", nargs="+", default=["vae", "vae_gan"], choices=["vae", "vae_gan"],
+        help="modes to train (an ablation of one mode can skip the other)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -263,7 +275,7 @@ def main() -> None:
     torch.set_num_threads(2)
     results = [
         run_mode(m, args.data, args.minutes, overrides, args.work, args.samples, args.out.parent)
-        for m in ("vae", "vae_gan")
+        for m in args.modes
     ]
     blob = {
         "data": str(args.data),
@@ -274,9 +286,12 @@ def main() -> None:
         "notes": "bits/note here is a reconstruction NLL -log p(x|z=mu), not comparable with the LM's bits/note",
     }
     atomic_write_text(args.out, json.dumps(blob, indent=2) + "\n")
-    md = f"# VAE vs VAE-GAN ({args.minutes} min each, Bach test split)\n\n{render(results)}\n\n{blob['verdict']}\n"
+    title = " vs ".join({"vae": "VAE", "vae_gan": "VAE-GAN"}[m] for m in args.modes)
+    md = f"# {title} ({args.minutes} min each, Bach test split)\n\n"
+    md += f"`python {shlex.join(sys.argv)}`\n\n"
+    md += f"{render(results)}\n\n{blob['verdict']}\n"
     if results[-1]["gan_losses_png"]:
-        md += f"\nGAN loss curves: `{results[-1]['gan_losses_png']}`\n"
+        md += f"\nGAN loss curves: `{Path(results[-1]['gan_losses_png']).relative_to(ROOT)}`\n"
     atomic_write_text(args.out.with_suffix(".md"), md)
     print(md)
 

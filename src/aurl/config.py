@@ -154,6 +154,10 @@ class VAEConfig:
     """Training segments start every this many bars (validation uses bars_per_segment: no overlap)."""
     target_kl_rate: float = 0.01
     """target_kl > 0: multiplicative beta step, beta *= exp(rate * (KL - target) / target) per step."""
+    word_dropout: float = 0.0
+    """Training only: this fraction of the decoder's input tokens is replaced by PAD (Bowman et al.
+    2016), so the decoder must read the latents to predict what comes next (against posterior
+    collapse: an autoregressive decoder that sees every previous token can ignore z)."""
     # VAE-GAN
     disc_layers: int = 2
     disc_windows: tuple[int, ...] = (16, 64, 256)
@@ -181,6 +185,8 @@ class VAEConfig:
         _check_positive("model.vae.free_bits", self.free_bits, allow_zero=True)
         _check_positive("model.vae.target_kl", self.target_kl, allow_zero=True)
         _check_positive("model.vae.bar_latent_dim", self.bar_latent_dim, allow_zero=True)
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"model.vae.word_dropout={self.word_dropout} must be in [0, 1)")
         self.disc_windows = tuple(int(w) for w in self.disc_windows)
 
 

@@ -201,3 +201,30 @@ def test_build_vae_needs_a_vocabulary():
     cfg.vocab_size = 0
     with pytest.raises(ValueError, match="vocab_size"):
         build_vae(cfg)
+
+
+def test_word_dropout_blanks_decoder_inputs_only_in_training():
+    tokens = batch()
+    torch.manual_seed(0)
+    plain = build_vae(tiny_cfg())
+    torch.manual_seed(0)
+    dropped = build_vae(tiny_cfg(word_dropout=0.5))
+    seen = []
+    hook = dropped.decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    dropped.train()
+    dropped(tokens, generator=torch.Generator().manual_seed(1))
+    inp = seen[-1]
+    real = tokens[:, :-1] != 0
+    blanked = (inp == 0) & real
+    assert (inp[:, 0] == 1).all()  # BOS is never dropped
+    assert 0.3 < blanked.sum() / real.sum() < 0.7
+    assert torch.equal(inp[~blanked], tokens[:, :-1][~blanked])
+    # evaluation sees every token: same weights, same output as a model without word dropout
+    dropped.eval(), plain.eval()
+    hook.remove()
+    g = torch.Generator().manual_seed(2)
+    a = dropped(tokens, generator=g).logits
+    b = plain(tokens, generator=torch.Generator().manual_seed(2)).logits
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="word_dropout"):
+        VAEConfig(word_dropout=1.0)

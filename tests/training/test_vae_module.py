@@ -28,6 +28,7 @@ from aurl.training.vae_module import (
     adapt_beta,
     free_bits_kl,
     kl_weight,
+    note_f1,
     plot_gan_losses,
     trim_batch,
     vae_metrics,
@@ -245,3 +246,12 @@ def test_vae_metrics_figures_are_in_range(prepared):
     assert res["bits_per_note"] > 0 and res["elbo_bits_per_note"] >= res["bits_per_note"]
     assert res["kl_global"] >= 0 and res["kl_bar"] >= 0
     assert 0 <= res["active_units_global"] <= 8 and 0 <= res["active_units_bar"] <= 4
+
+
+def test_note_f1_counts_matching_notes_not_token_positions(prepared):
+    tok = prepared.tokenizer
+    ref = prepared.split("test").piece(0)[1:400].tolist()
+    assert note_f1(tok, ref, ref) == 1.0
+    assert note_f1(tok, ref, []) == 0.0
+    half = note_f1(tok, ref, ref[: len(ref) // 2])  # about half the notes: F1 ~ 2/3
+    assert 0.4 < half < 0.9

@@ -324,6 +324,12 @@ class MusicVAE(nn.Module):
             kl_b = gaussian_kl(mu_b, logvar_b, mu_p, logvar_p)  # (B, K, E)
         latents = Latents(z_g, z_b)
         inp, tgt = tokens[:, :-1], tokens[:, 1:]  # (B, T-1) each
+        p = self.cfg.vae.word_dropout
+        if self.training and p > 0:
+            # Word dropout (Bowman et al. 2016): PAD stands for "unknown token"; BOS is kept.
+            drop = torch.rand(inp.shape, generator=generator, device=inp.device) < p
+            drop[:, 0] = False
+            inp = inp.masked_fill(drop, PAD_ID)
         out = self.decoder(inp, tgt, prefix=self.prefix(latents))
         return VAEOutput(out.logits, out.loss, kl_g, kl_b, post, latents, out.hidden)
 
