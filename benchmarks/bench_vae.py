@@ -268,7 +268,7 @@ def main() -> None:
         help="modes to train (an ablation of one mode can skip the other)",
     )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     overrides = (TINY if args.tiny else []) + list(args.overrides)

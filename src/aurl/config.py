@@ -154,6 +154,11 @@ class VAEConfig:
     """Training segments start every this many bars (validation uses bars_per_segment: no overlap)."""
     target_kl_rate: float = 0.01
     """target_kl > 0: multiplicative beta step, beta *= exp(rate * (KL - target) / target) per step."""
+    posterior_logvar_init: float = 0.0
+    """Initial log-variance of every posterior (the bias of its log-variance head). Negative values
+    start the posterior narrow, so the decoder sees latents that are signal rather than noise from
+    the first step (KL starts at about -logvar_init/2 nats per dimension; free bits and the KL
+    schedule then decide how much of it stays)."""
     word_dropout: float = 0.0
     """Training only: this fraction of the decoder's input tokens is replaced by PAD (Bowman et al.
     2016), so the decoder must read the latents to predict what comes next (against posterior

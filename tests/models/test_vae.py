@@ -228,3 +228,14 @@ def test_word_dropout_blanks_decoder_inputs_only_in_training():
     torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="word_dropout"):
         VAEConfig(word_dropout=1.0)
+
+
+def test_posterior_logvar_init_starts_every_posterior_narrow():
+    torch.manual_seed(0)
+    wide = build_vae(tiny_cfg()).encode(batch())
+    torch.manual_seed(0)
+    narrow = build_vae(tiny_cfg(posterior_logvar_init=-4.0)).encode(batch())
+    assert abs(float(wide.logvar_g.mean())) < 1.0
+    assert abs(float(narrow.logvar_g.mean()) + 4.0) < 1.0
+    assert abs(float(narrow.logvar_b.mean()) + 4.0) < 1.0
+    torch.testing.assert_close(narrow.mu_g, wide.mu_g)  # only the variance halves change

@@ -219,6 +219,10 @@ class MusicVAE(nn.Module):
             # Conditional bar prior p(z_k | z_g, k): the ladder's top-down path.
             self.bar_prior = nn.Sequential(nn.Linear(D + C, C), nn.GELU(), nn.Linear(C, 2 * E))
             self.bar_to_prefix = nn.Linear(E, C)
+        with torch.no_grad():  # log-variance halves of the posterior heads
+            self.to_global.bias[D:].fill_(v.posterior_logvar_init)
+            if E > 0:
+                self.to_bar.bias[E:].fill_(v.posterior_logvar_init)
 
     # -- encoder ---------------------------------------------------------------------------
 
