@@ -2,12 +2,13 @@
 
     python benchmarks/bench_vae.py data/bach --minutes 3
     python benchmarks/bench_vae.py data/bach --minutes 0.3 --tiny      # smoke test
+    python benchmarks/bench_vae.py data/bach --skip-train               # re-measure runs/bench_vae
 
 Trains ``configs/bach_vae.yaml`` twice (model.mode=vae, then vae_gan; same seed, same minutes),
 then measures on the test split: reconstruction accuracy (teacher-forced and greedy from the
 posterior mean), reconstruction bits per note, KL per latent group, active units; a slerp
 interpolation between the first segments of two held-out chorales (every middle step decodable,
-pitches within the test set's range); and 100 prior samples against the test segments
+pitches within the test set's range, note F1 of each step against each end's segment); and 100 prior samples against the test segments
 (pitch-class histogram distance, mean polyphony, note density).
 Writes ``benchmarks/results/vae.json`` and ``vae.md``; the GAN's loss curves go to
 ``benchmarks/results/vae_gan_losses.png``.
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 
 from aurl.config import atomic_write_text, load_config
+from aurl.models.vae import cut_segments
+from aurl.training.vae_module import note_f1
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -80,8 +83,23 @@ def score_stats(tok, rows: list[list[int]]) -> dict:
     }
 
 
-def interp_step(tok, ref: dict, step: int, row: list[int]) -> dict:
-    """One interpolation step checked as music: decodes to notes, pitches within the test range."""
+def first_segment(model, tok, ids) -> list[int]:
+    """The tokens of the first segment of a piece, as the encoder sees it (no BOS/EOS)."""
+    v = model.cfg.vae
+    beats = np.asarray(tok.token_beats(ids), dtype=np.float64)
+    special = {tok.bos_id, tok.eos_id, tok.pad_id}
+    seg, _ = cut_segments(
+        ids, beats, v.bars_per_segment, v.beats_per_bar, v.bars_per_segment, special
+    )[0]
+    return [int(i) for i in seg]
+
+
+def interp_step(
+    tok, ref: dict, step: int, row: list[int], ends: tuple[list[int], list[int]]
+) -> dict:
+    """One interpolation step checked as music: decodes to notes, pitches within the test range,
+    and how much of each end's segment it reproduces (note F1 vs A and vs B: a latent space that
+    carries the music goes from high-vs-A to high-vs-B; a collapsed one stays flat)."""
     st = score_stats(tok, [row])
     in_range = (
         st["pitch_min"] is not None
@@ -94,6 +112,8 @@ def interp_step(tok, ref: dict, step: int, row: list[int]) -> dict:
         "notes": st["notes"],
         "decodable": st["notes"] > 0,
         "pitches_in_test_range": bool(in_range),
+        "note_f1_vs_a": round(note_f1(tok, ends[0], row), 3),
+        "note_f1_vs_b": round(note_f1(tok, ends[1], row), 3),
     }
 
 
@@ -109,6 +129,7 @@ def run_mode(
     work: Path,
     samples: int,
     results: Path,
+    skip_train: bool = False,
 ) -> dict:
     from aurl.bundle import load_bundle
     from aurl.data.dataset import PreparedData
@@ -123,10 +144,15 @@ def run_mode(
          "trainer.samples_per_validation=0", *overrides],
     )  # fmt: skip
     run_dir = work / mode
-    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an older one
-    t0 = time.perf_counter()
-    run.train(cfg, run_dir)
-    train_s = time.perf_counter() - t0
+    if skip_train:  # measure the run already in WORK/mode (its own summary gives steps and time)
+        lines = (run_dir / "summary.txt").read_text().splitlines()
+        train_s = 60 * float(next(x for x in lines if x.startswith("wall time")).split()[2])
+        minutes = round(train_s / 60, 1)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an older one
+        t0 = time.perf_counter()
+        run.train(cfg, run_dir)
+        train_s = time.perf_counter() - t0
     steps = int(
         next(
             line
@@ -152,7 +178,8 @@ def run_mode(
         "grammar": decode_rows(bundle, path, 0.0, 1.0, seed=0),  # what `aurl interpolate` writes
         "raw": [[i for i in r if i not in special] for r in raw_rows],
     }
-    interp = {name: [interp_step(tok, ref, i, row) for i, row in enumerate(rows)]
+    ends = (first_segment(model, tok, test[0]), first_segment(model, tok, test[1]))
+    interp = {name: [interp_step(tok, ref, i, row, ends) for i, row in enumerate(rows)]
               for name, rows in decoded.items()}  # fmt: skip
 
     # prior samples vs test segments
@@ -204,6 +231,8 @@ def render(results: list[dict]) -> str:
         ("KL global / bar (nats)", lambda r: f"{r['metrics']['kl_global']:.2f} / {r['metrics']['kl_bar']:.2f}"),
         ("active units global / bar", lambda r: f"{r['metrics']['active_units_global']} / {r['metrics']['active_units_bar']}"),
         ("steps per minute", lambda r: f"{r['steps_per_minute']:.1f}"),
+        ("interp. note F1 vs A, steps 0..5", lambda r: " ".join(f"{x['note_f1_vs_a']:.2f}" for x in r["interpolation"]["grammar"])),
+        ("interp. note F1 vs B, steps 0..5", lambda r: " ".join(f"{x['note_f1_vs_b']:.2f}" for x in r["interpolation"]["grammar"])),
         ("interp. middle steps valid (grammar / raw)",
          lambda r: f"{r['interpolation_middle_ok']['grammar']} / {r['interpolation_middle_ok']['raw']}"),
         ("prior: pitch-class L1 vs test", lambda r: f"{r['prior_samples']['pc_hist_l1_vs_test']:.3f}"),
@@ -267,6 +296,10 @@ def main() -> None:
         "--modes", nargs="+", default=["vae", "vae_gan"], choices=["vae", "vae_gan"],
         help="modes to train (an ablation of one mode can skip the other)",
     )  # fmt: skip
+    p.add_argument(
+        "--skip-train", action="store_true",
+        help="measure the runs already in WORK (steps and wall time from their summary.txt)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_intermixed_args()  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -274,7 +307,16 @@ def main() -> None:
     overrides = (TINY if args.tiny else []) + list(args.overrides)
     torch.set_num_threads(2)
     results = [
-        run_mode(m, args.data, args.minutes, overrides, args.work, args.samples, args.out.parent)
+        run_mode(
+            m,
+            args.data,
+            args.minutes,
+            overrides,
+            args.work,
+            args.samples,
+            args.out.parent,
+            skip_train=args.skip_train,
+        )
         for m in args.modes
     ]
     blob = {
@@ -287,8 +329,13 @@ def main() -> None:
     }
     atomic_write_text(args.out, json.dumps(blob, indent=2) + "\n")
     title = " vs ".join({"vae": "VAE", "vae_gan": "VAE-GAN"}[m] for m in args.modes)
-    md = f"# {title} ({args.minutes} min each, Bach test split)\n\n"
-    md += f"`python {shlex.join(sys.argv)}`\n\n"
+    md = f"# {title} ({results[0]['train_minutes']} min each, Bach test split)\n\n"
+    md += f"`python {shlex.join(sys.argv)}`"
+    if args.skip_train:
+        work = args.work.resolve()
+        shown = work.relative_to(ROOT) if work.is_relative_to(ROOT) else work
+        md += f" (measured the runs already in `{shown}`, not trained here)"
+    md += "\n\n"
     md += f"{render(results)}\n\n{blob['verdict']}\n"
     if results[-1]["gan_losses_png"]:
         md += f"\nGAN loss curves: `{Path(results[-1]['gan_losses_png']).relative_to(ROOT)}`\n"

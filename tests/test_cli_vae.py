@@ -115,6 +115,17 @@ def test_sample_and_vary_through_the_cli(vae_bundle, tmp_path):
     assert rc == 0 and (tmp_path / "v" / "piece_01.mid").is_file()
 
 
+def test_vary_warns_when_its_variations_are_copies(vae_bundle, tmp_path, capsys):
+    # amount 0: every variation is the input's own latent, decoded greedily -> identical pieces
+    rc = cli.main(["vary", str(MIDI / "etude_no4.mid"), "--model", str(vae_bundle), "--out",
+                   str(tmp_path / "v"), "--num", "3", "--amount", "0", "--no-wav"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "warning: 2 of 3 pieces repeat another one exactly" in out
+    rc = cli.main(["sample", "--model", str(vae_bundle), "--out", str(tmp_path / "s"), "--num", "2",
+                   "--bars", "4", "--no-wav"])  # fmt: skip
+    assert rc == 0 and "warning" not in capsys.readouterr().out  # prior samples differ by seed
+
+
 def test_latent_commands_refuse_a_plain_language_model(tmp_path, capsys):
     from aurl.bundle import save_bundle
     from aurl.data.tokenizers import MusicTokenizer

@@ -171,6 +171,16 @@ def _write(
         summary.pieces.append(
             Piece(i, seeds[i], len(body), tok.count_notes(ids), beats, seconds, files)
         )
+    repeats = len(rows) - len({tuple(r) for r in rows})
+    if repeats and command in ("interpolate", "vary"):
+        # A decoder that ignores its latents turns distinct latent points into the same music:
+        # say so rather than hand over copies that look like variety.
+        summary.warnings.append(
+            f"{repeats} of {len(rows)} pieces repeat another one exactly: this model's decoder "
+            "barely reads its latents (see `aurl evaluate MODEL --split test`: KL per segment); "
+            + ("raise --amount or " if command == "vary" else "")
+            + "use --temperature 1 for varied output"
+        )
     _write_samples_json(out, summary, settings)
     return summary
 

@@ -57,6 +57,8 @@ class Summary:
     elapsed_s: float = 0.0
     tokens_per_s: float = 0.0
     command: str = "generate"
+    warnings: list[str] = field(default_factory=list)
+    """Printed under the pieces (e.g. identical outputs from a VAE whose latents carry little)."""
 
     def render(self) -> str:
         lines = [
@@ -79,6 +81,7 @@ class Summary:
             lines.append(f"  audio: built-in synth (for General MIDI sounds: {SOUNDFONT_HINT})")
         elif renderers:
             lines.append(f"  audio: {', '.join(sorted(renderers))}")
+        lines.extend(f"  warning: {w}" for w in self.warnings)
         lines.append(
             f"  {self.tokens_per_s:.0f} tokens/s, {self.elapsed_s:.1f} s; settings in {self.out_dir / 'samples.json'}"
         )
