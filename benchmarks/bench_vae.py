@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from aurl.config import atomic_write_text, load_config
-from aurl.models.vae import cut_segments
+from aurl.generation.latent import first_segment
 from aurl.training.vae_module import note_f1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,17 +81,6 @@ def score_stats(tok, rows: list[list[int]]) -> dict:
         "pitch_max": max(pitches) if pitches else None,
         "notes": int(notes),
     }
-
-
-def first_segment(model, tok, ids) -> list[int]:
-    """The tokens of the first segment of a piece, as the encoder sees it (no BOS/EOS)."""
-    v = model.cfg.vae
-    beats = np.asarray(tok.token_beats(ids), dtype=np.float64)
-    special = {tok.bos_id, tok.eos_id, tok.pad_id}
-    seg, _ = cut_segments(
-        ids, beats, v.bars_per_segment, v.beats_per_bar, v.bars_per_segment, special
-    )[0]
-    return [int(i) for i in seg]
 
 
 def interp_step(
@@ -178,7 +167,7 @@ def run_mode(
         "grammar": decode_rows(bundle, path, 0.0, 1.0, seed=0),  # what `aurl interpolate` writes
         "raw": [[i for i in r if i not in special] for r in raw_rows],
     }
-    ends = (first_segment(model, tok, test[0]), first_segment(model, tok, test[1]))
+    ends = tuple(first_segment(model, tok, test[k])[0].tolist() for k in (0, 1))
     interp = {name: [interp_step(tok, ref, i, row, ends) for i, row in enumerate(rows)]
               for name, rows in decoded.items()}  # fmt: skip
 
@@ -277,6 +266,12 @@ def verdict(results: list[dict]) -> str:
     )
 
 
+def shown(path: str | Path) -> Path:
+    """``path`` relative to the repository when it lies inside it (results stay machine-neutral)."""
+    path = Path(path).resolve()
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -332,13 +327,11 @@ def main() -> None:
     md = f"# {title} ({results[0]['train_minutes']} min each, Bach test split)\n\n"
     md += f"`python {shlex.join(sys.argv)}`"
     if args.skip_train:
-        work = args.work.resolve()
-        shown = work.relative_to(ROOT) if work.is_relative_to(ROOT) else work
-        md += f" (measured the runs already in `{shown}`, not trained here)"
+        md += f" (measured the runs already in `{shown(args.work)}`, not trained here)"
     md += "\n\n"
     md += f"{render(results)}\n\n{blob['verdict']}\n"
     if results[-1]["gan_losses_png"]:
-        md += f"\nGAN loss curves: `{Path(results[-1]['gan_losses_png']).relative_to(ROOT)}`\n"
+        md += f"\nGAN loss curves: `{shown(results[-1]['gan_losses_png'])}`\n"
     atomic_write_text(args.out.with_suffix(".md"), md)
     print(md)
 

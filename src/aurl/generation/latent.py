@@ -71,8 +71,9 @@ def encode_file(bundle, path: str | os.PathLike) -> Latents:
         raise ValueError(f"{path}: {exc}") from None
 
 
-def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
-    """Posterior mean of the first segment of a token sequence (a whole piece is fine)."""
+def first_segment(model: MusicVAE, tok, ids) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``bars_per_segment`` bars of a token sequence as the encoder sees them:
+    (tokens without BOS/EOS/PAD, bar index of each token)."""
     v = model.cfg.vae
     beats = np.asarray(tok.token_beats(ids), dtype=np.float64)
     special = {tok.bos_id, tok.eos_id, tok.pad_id}
@@ -81,7 +82,13 @@ def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
     )
     if not segments:
         raise ValueError("no notes to encode (empty after tokenization)")
-    seg, bars = segments[0]
+    return segments[0]
+
+
+def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
+    """Posterior mean of the first segment of a token sequence (a whole piece is fine)."""
+    v = model.cfg.vae
+    seg, bars = first_segment(model, tok, ids)
     length = min(model.cfg.max_seq_len, len(seg) + 2)
     tokens, bar_ids = pack_segment(
         seg, bars, v.bars_per_segment, length, tok.bos_id, tok.eos_id, tok.pad_id

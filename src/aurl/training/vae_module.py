@@ -443,7 +443,7 @@ def note_f1(tok, ref: list[int], hyp: list[int]) -> float:
     """F1 of the notes (onset tick, pitch) of two token lists; an undecodable ``hyp`` scores 0."""
 
     def notes(ids: list[int]) -> set[tuple[int, int]]:
-        body = [i for i in ids if i not in (0, tok.bos_id, tok.eos_id)]
+        body = [i for i in ids if i not in (tok.pad_id, tok.bos_id, tok.eos_id)]
         score = tok.decode([tok.bos_id, *body, tok.eos_id])
         return {(int(n.time), int(n.pitch)) for t in score.tracks for n in t.notes}
 
