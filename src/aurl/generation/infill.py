@@ -20,7 +20,7 @@ from aurl.generation.pipeline import (
     Piece,
     Summary,
     _tempo,
-    _write_samples_json,
+    write_samples_json,
 )
 from aurl.generation.sample import StopRule, sample, steps_bar
 
@@ -166,7 +166,7 @@ def infill(
                 reproduce=f"aurl infill {input} --bars {first}-{last} --model {getattr(bundle, 'path', '?')} --seed {seed + i} --out {out}/repro",
             )
         )
-    _write_samples_json(out, summary, settings)
+    write_samples_json(out, summary, settings)
     return summary
 
 

@@ -28,7 +28,7 @@ import torch
 from aurl.generation import constraints as C
 from aurl.generation import sample as decoding
 from aurl.generation.export import export_piece
-from aurl.generation.pipeline import Piece, Summary, _write_samples_json, load_model
+from aurl.generation.pipeline import Piece, Summary, load_model, write_samples_json
 from aurl.models.vae import Latents, MusicVAE, cut_segments, pack_segment
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ def _write(
             + ("raise --amount or " if command == "vary" else "")
             + "use --temperature 1 for varied output"
         )
-    _write_samples_json(out, summary, settings)
+    write_samples_json(out, summary, settings)
     return summary
 
 

@@ -336,7 +336,7 @@ def generate(
                 end_beats,
                 max_new,
             )
-    _write_samples_json(out, summary, settings)
+    write_samples_json(out, summary, settings)
     return summary
 
 
@@ -370,7 +370,7 @@ def _reproduce_command(bundle, settings: dict, out: Path, seed: int) -> str:
     return " ".join(flags)
 
 
-def _write_samples_json(out: Path, summary: Summary, settings: dict) -> None:
+def write_samples_json(out: Path, summary: Summary, settings: dict) -> None:
     blob = {
         "command": summary.command,
         "model": summary.model,
