@@ -176,11 +176,46 @@ def _with_tempo(score: symusic.Score, bpm: float) -> symusic.Score:
     return score
 
 
-def generate(
+@dataclass
+class Plan:
+    """What one ``generate`` request resolves to before any decoding: the prompt, the length
+    rule, the sampling filters and the settings that reproduce it. :func:`generate` and the HTTP
+    server (``aurl.serving``) both build it here, so a seed gives the same piece from either."""
+
+    tokenizer: object
+    vocab: C.Vocab
+    prompt_ids: list[int]
+    bpm: float
+    time_signature: str
+    end_beats: float | None
+    max_new: int
+    filters: dict[str, float]
+    settings: dict
+    constraint_options: dict
+
+    @property
+    def rule(self) -> StopRule:
+        return StopRule(self.tokenizer.eos_id, self.max_new, self.end_beats)
+
+    def new_constraints(self) -> C.ConstraintSet:
+        """A fresh constraint set (grammar + what was asked); call ``start`` on it per batch."""
+        return build_constraints(self.vocab, **self.constraint_options)
+
+    def piece(self, new: list[int]) -> tuple[list[int], symusic.Score]:
+        """The full, closed token sequence of one row's new tokens and its score (tempo, meter)."""
+        ids = C.finish(self.prompt_ids + list(new), self.vocab)
+        score = _with_tempo(self.tokenizer.decode(ids), self.bpm)
+        # the tokens carry no meter: write the one the bars were counted in
+        if not self.vocab.timesig:
+            num_, den_ = self.time_signature.split("/")
+            score.time_signatures = [symusic.TimeSignature(0, int(num_), int(den_))]
+        return ids, score
+
+
+def plan_generation(
     bundle,
     *,
-    out: str | os.PathLike,
-    num: int = 4,
+    num: int = 1,
     bars: int | None = None,
     seconds: float | None = None,
     tokens: int | None = None,
@@ -199,21 +234,9 @@ def generate(
     top_p: float = 0.95,
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
-    wav: bool = True,
-    musicxml: bool = True,
-    png: bool = True,
-    use_cache: bool = True,
-) -> Summary:
-    """Generate ``num`` pieces into ``out`` (``piece_XX.*`` + ``samples.json``)."""
-    if num < 1 or batch_size < 1:
-        raise ValueError(f"--num {num} and --batch-size {batch_size} must be >= 1")
-    if sum(x is not None for x in (bars, seconds, tokens)) > 1:
-        raise ValueError("give at most one of --bars, --seconds, --tokens")
-    if beam > 1 and num > 1:
-        log.warning(
-            "beam search is deterministic: all %d pieces will be the same; use --num 1", num
-        )
-    tok, model = bundle.tokenizer, bundle.model
+) -> Plan:
+    """Resolve :func:`generate`'s options (prompt, meter, length, filters) into a :class:`Plan`."""
+    tok = bundle.tokenizer
     vocab = C.Vocab.from_tokenizer(tok)
     prompt_ids, prompt_score = _prompt_ids(tok, prompt)
     bpm = _tempo(prompt_score)
@@ -262,27 +285,95 @@ def generate(
         "end_beats": end_beats,
         "max_new_tokens": max_new,
     }
+    constraint_options = {
+        "key": key,
+        "pitch_range": pitch_range,
+        "max_polyphony": max_polyphony,
+        "density": density,
+        "soft": soft,
+        "end_beats": end_beats,
+        "time_signature": time_signature,
+    }
+    return Plan(
+        tok, vocab, prompt_ids, bpm, time_signature, end_beats, max_new, filters, settings,
+        constraint_options,
+    )  # fmt: skip
+
+
+def generate(
+    bundle,
+    *,
+    out: str | os.PathLike,
+    num: int = 4,
+    bars: int | None = None,
+    seconds: float | None = None,
+    tokens: int | None = None,
+    prompt: str | os.PathLike | None = None,
+    key: str | None = None,
+    pitch_range: tuple[int, int] | None = None,
+    max_polyphony: int | None = None,
+    density: float | None = None,
+    soft: bool = False,
+    time_signature: str | None = None,
+    beam: int = 1,
+    batch_size: int = 4,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.95,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    wav: bool = True,
+    musicxml: bool = True,
+    png: bool = True,
+    use_cache: bool = True,
+) -> Summary:
+    """Generate ``num`` pieces into ``out`` (``piece_XX.*`` + ``samples.json``)."""
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"--num {num} and --batch-size {batch_size} must be >= 1")
+    if sum(x is not None for x in (bars, seconds, tokens)) > 1:
+        raise ValueError("give at most one of --bars, --seconds, --tokens")
+    if beam > 1 and num > 1:
+        log.warning(
+            "beam search is deterministic: all %d pieces will be the same; use --num 1", num
+        )
+    tok, model = bundle.tokenizer, bundle.model
+    plan = plan_generation(
+        bundle,
+        num=num,
+        bars=bars,
+        seconds=seconds,
+        tokens=tokens,
+        prompt=prompt,
+        key=key,
+        pitch_range=pitch_range,
+        max_polyphony=max_polyphony,
+        density=density,
+        soft=soft,
+        time_signature=time_signature,
+        beam=beam,
+        batch_size=batch_size,
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+    )
+    vocab, prompt_ids, bpm, end_beats = plan.vocab, plan.prompt_ids, plan.bpm, plan.end_beats
+    max_new, filters, settings = plan.max_new, plan.filters, plan.settings
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     on_step = steps_bar(
         max_new * math.ceil(num / batch_size) if beam == 1 else max_new * num, "generate"
     )
     done_steps = 0
-    rule = StopRule(tok.eos_id, max_new, end_beats)
+    rule = plan.rule
     t0 = time.perf_counter()
     rows: list[list[int]] = []
     for first in range(0, num, batch_size if beam == 1 else 1):
         n = min(batch_size, num - first) if beam == 1 else 1
-        cons = build_constraints(
-            vocab,
-            key=key,
-            pitch_range=pitch_range,
-            max_polyphony=max_polyphony,
-            density=density,
-            soft=soft,
-            end_beats=end_beats,
-            time_signature=time_signature,
-        )
+        cons = plan.new_constraints()
         base = done_steps
 
         def step(k: int, base: int = base) -> None:
@@ -318,11 +409,7 @@ def generate(
         tokens_per_s=sum(map(len, rows)) / max(elapsed, 1e-9),
     )
     for i, new in enumerate(rows):
-        ids = C.finish(prompt_ids + new, vocab)
-        score = _with_tempo(tok.decode(ids), bpm)
-        if not vocab.timesig:  # the tokens carry no meter: write the one the bars were counted in
-            num_, den_ = time_signature.split("/")
-            score.time_signatures = [symusic.TimeSignature(0, int(num_), int(den_))]
+        ids, score = plan.piece(new)
         files = export_piece(score, out / f"piece_{i:02d}", wav=wav, musicxml=musicxml, png=png)
         beats = C.replay(ids, vocab).time
         piece = Piece(i, seed + i, len(new), tok.count_notes(ids), beats, beats * 60.0 / bpm, files)
