@@ -125,16 +125,35 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="run directory or exported model directory")
-    p.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    p.add_argument("model", type=Path, nargs="?", help="run or model directory (likelihood mode)")
+    p.add_argument("--data", type=Path, help="prepared data directory (likelihood mode)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--samples", type=Path, help="a folder of MIDI to judge against --reference (feature mode)"
+    )
+    p.add_argument("--reference", type=Path, help="prepared data directory to compare with")
+    p.add_argument("--report", type=Path, help="with --samples: write report.png + index.html here")
+    p.add_argument("--no-cache", action="store_true", help="recompute the reference features")
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     import json
 
+    if args.samples is not None:
+        from aurl.evaluation import samples
+
+        if args.reference is None:
+            raise ValueError("--samples needs --reference DATA (a prepared data directory)")
+        result = samples.evaluate_samples(
+            args.samples, args.reference, split=args.split, json_path=args.json,
+            report_dir=args.report, cache=not args.no_cache,
+        )  # fmt: skip
+        print(samples.render_table(result))
+        return 0
+    if args.model is None or args.data is None:
+        raise ValueError("aurl evaluate needs MODEL --data DATA, or --samples DIR --reference DATA")
     from aurl.evaluation import likelihood
 
     result = likelihood.evaluate(
@@ -266,7 +285,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "roundtrip": ("encode -> decode -> diff every file", _add_roundtrip, _run_roundtrip),
     "tokens": ("inspect the token vocabulary", _add_tokens, _run_tokens),
     "train": ("train a model (Lightning)", _add_train, _run_train),
-    "evaluate": ("held-out likelihood (bits per note)", _add_evaluate, _run_evaluate),
+    "evaluate": (
+        "held-out likelihood, or generated MIDI vs a corpus (--samples)",
+        _add_evaluate,
+        _run_evaluate,
+    ),
     "export": ("write a run's inference export (safetensors)", _add_export, _run_export),
     "generate": ("generate new pieces", _add_generate, _run_generate),
     "infill": ("regenerate bars of a piece in context", _add_infill, _run_infill),

@@ -271,3 +271,25 @@ def random_note_score(seed: int, bars: int = 16, tpq: int = 480):
         track.notes.append(symusic.Note(int(t), int(d), int(p), 80))
     score.tracks.append(track)
     return score
+
+
+def render_table(result: dict) -> str:
+    """A plain-text table of :func:`evaluate_samples`' result, worst feature first."""
+    lines = [
+        f"{result['num_samples']} samples vs {result['num_reference']} pieces "
+        f"({result['split']} split, {result['reference_kind']})",
+        f"mean overlap area {result['mean_overlap_area']:.3f}   mean KL {result['mean_kl']:.3f}"
+        f"   Frechet distance {result['frechet_distance']:.2f}",
+        f"{'feature':30s} {'overlap':>7s} {'KL':>7s} {'samples':>9s} {'reference':>9s}  unit",
+    ]
+    for name, f in sorted(result["features"].items(), key=lambda kv: kv[1]["overlap_area"]):
+        s, r = f["samples_mean"], f["reference_mean"]
+        sm = "hist" if isinstance(s, list) else f"{s:9.3f}"
+        rm = "hist" if isinstance(r, list) else f"{r:9.3f}"
+        lines.append(
+            f"{name:30s} {f['overlap_area']:7.3f} {f['kl']:7.3f} {sm:>9s} {rm:>9s}  {f['unit']}"
+        )
+    lines += [f"skipped {s['path']}: {s['reason']}" for s in result["skipped"]]
+    if "report" in result:
+        lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
