@@ -1,0 +1,1 @@
+"""``aurl serve``: an HTTP API (FastAPI) over the generation pipeline, with continuous batching."""
