@@ -316,9 +316,22 @@ class SampleConfig:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     max_new_tokens: int = 1024
+    max_note_beats: float = 0.0
+    """No generated note lasts longer (tokenizer beats). Training sets it to the longest note of
+    its train split (``aurl.generation.corpus_stats``); 0 = not measured (generation then uses
+    ``generation.pipeline.FALLBACK_NOTE_BEATS``)."""
+    max_polyphony: int = 0
+    """Default voice limit, measured at training (95th percentile of per-piece maxima); 0 = none."""
+    programs: tuple[int, ...] = ()
+    """Default instruments (General MIDI programs playing >= 5 % of the train notes); () = any."""
 
     def __post_init__(self) -> None:
         _check_positive("sample.temperature", self.temperature)
+        _check_positive("sample.max_note_beats", self.max_note_beats, allow_zero=True)
+        _check_positive("sample.max_polyphony", self.max_polyphony, allow_zero=True)
+        self.programs = tuple(int(p) for p in self.programs)
+        if any(not 0 <= p <= 127 for p in self.programs):
+            raise ValueError(f"sample.programs={list(self.programs)} must be programs 0-127")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"sample.top_p={self.top_p} must be in (0, 1]")
 
