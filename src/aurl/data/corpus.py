@@ -8,6 +8,10 @@ The cache directory appears only when complete (written to a temporary directory
 ``group_key(path)`` names the piece group a file belongs to, so that splits never leak near-duplicate
 variants (``bwv112.5`` / ``bwv112.5-sc``, ``bwv18.5-lz`` / ``bwv18.5-w``; FACTS.md) across
 train/validation/test.
+
+``music21:NAME`` (:data:`COLLECTIONS`) names other music21 corpus collections that convert cleanly
+through partitura; ``prepare`` reads them in place from music21's package folder (nothing is
+downloaded or converted ahead), grouped by work so movements and variants of one work share a split.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from aurl.data import midi_io
@@ -55,7 +61,8 @@ def bach_sources(limit: int | None = None) -> list[Path]:
 def _convert(src: Path, out_dir: Path) -> str | None:
     """Convert one MusicXML file to ``out_dir/<stem>.mid``; returns the failure reason or None."""
     try:
-        score, _ = midi_io.load_score(src)
+        # music21, not partitura: the cached Bach MIDI (and so data/bach) stays as first prepared
+        score, _ = midi_io.load_score(src, reader="music21")
     except midi_io.MidiLoadError as err:
         return str(err)
     midi_io.save_score(score, out_dir / f"{src.stem}.mid")
@@ -106,3 +113,108 @@ def bach_midi_dir(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# music21:NAME collections
+
+
+def _group_by_work_folder(root: Path, rel: str) -> str:
+    """``beethoven/opus59no1/movement2.mxl`` -> ``beethoven/opus59no1`` (all movements of a work);
+    a work in one file (``beethoven/opus132.mxl``) is its own group."""
+    parts = Path(rel).parts
+    return "/".join(parts[:2]) if len(parts) > 2 else Path(rel).with_suffix("").as_posix()
+
+
+def _group_by_kern_parent_work(root: Path, rel: str) -> str:
+    """The ``!!!OPR`` (parent work: the mass) record of a kern file, so a mass's Kyrie, Gloria,
+    ... and its variant movements (``Sanctus_rpt_a/b/c``) share a split; else the file stem."""
+    try:
+        with (root / rel).open(encoding="utf-8", errors="replace") as fh:
+            for _, line in zip(range(40), fh, strict=False):
+                if line.startswith("!!!OPR:"):
+                    return "opr:" + line.split(":", 1)[1].strip().lower()
+    except OSError:
+        pass
+    return Path(rel).stem.lower()
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A music21 corpus collection ``aurl prepare music21:NAME`` accepts."""
+
+    folders: tuple[str, ...]
+    """Sub-folders of ``music21/corpus``."""
+    suffixes: tuple[str, ...]
+    """Suffixes kept (other encodings of the same pieces are left out: no duplicates)."""
+    group: Callable[[Path, str], str]
+    """(corpus root, relative path) -> piece group, so a split never separates a work's parts."""
+    about: str
+
+
+COLLECTIONS: dict[str, Collection] = {
+    "quartets": Collection(
+        ("beethoven", "mozart", "haydn"),
+        (".mxl",),  # beethoven/opus18no1 also has .krn copies of its .mxl movements
+        _group_by_work_folder,
+        "string quartets: Beethoven, Mozart, Haydn (37 MusicXML files, grouped by opus)",
+    ),
+    "palestrina": Collection(
+        ("palestrina",),
+        (".krn",),
+        _group_by_kern_parent_work,
+        "Palestrina's mass movements (1,318 kern files, grouped by mass)",
+    ),
+    "monteverdi": Collection(
+        ("monteverdi",),
+        (".mxl",),
+        _group_by_work_folder,
+        "Monteverdi madrigals, books 3-5 (49 MusicXML files)",
+    ),
+}
+
+
+def music21_corpus_root() -> Path:
+    import music21
+
+    return Path(music21.__file__).parent / "corpus"
+
+
+def collection_files(name: str) -> tuple[Path, list[Path]]:
+    """(corpus root, sorted files) of ``music21:NAME``; ``ValueError`` naming the choices."""
+    if name not in COLLECTIONS:
+        raise ValueError(
+            f"music21:{name}: unknown collection; use one of "
+            + ", ".join(f"music21:{k}" for k in COLLECTIONS)
+            + " (or 'bach')"
+        )
+    coll = COLLECTIONS[name]
+    root = music21_corpus_root()
+    files = sorted(
+        p
+        for folder in coll.folders
+        for p in (root / folder).rglob("*")
+        if p.suffix.lower() in coll.suffixes and p.is_file()
+    )
+    if not files:
+        raise ValueError(
+            f"music21:{name}: no files under {root}; reinstall music21 with its corpus"
+        )
+    return root, files
+
+
+def resolve_corpus(input: str) -> Path | None:
+    """The root folder of an embedded corpus (``bach``, ``music21:NAME``), or None for a folder."""
+    if str(input) == "bach":
+        return bach_midi_dir()
+    if str(input).startswith("music21:"):
+        return collection_files(str(input).removeprefix("music21:"))[0]
+    return None
+
+
+def grouper(input: str) -> Callable[[Path, str], str]:
+    """The piece-group function for ``input``: a collection's own, else :func:`group_key`."""
+    name = str(input).removeprefix("music21:")
+    if str(input).startswith("music21:") and name in COLLECTIONS:
+        return COLLECTIONS[name].group
+    return lambda root, rel: group_key(rel)

@@ -1,0 +1,239 @@
+"""Notation files (MusicXML, compressed MXL, MEI, Humdrum kern) -> ``symusic.Score`` via partitura.
+
+partitura reads a string quartet in a few seconds where music21's parse + MIDI export takes 10-40 s
+(issue 14; benchmarks/bench_notation.py). What the score keeps:
+
+- **notes** with ties merged (partitura's ``notes_tied``); grace notes (no notated duration) are
+  dropped, as music21's MIDI export drops them; every note gets velocity :data:`VELOCITY` (notation
+  has no velocities; 91 is what music21 10.5's export gives an unmarked note, FACTS.md, so notation
+  read either way tokenizes alike);
+- **parts as tracks**, named after the part, with the General MIDI program of the part's
+  ``<midi-program>`` (MusicXML) or else of its name (:data:`PROGRAM_BY_NAME`, e.g. "Violin I" -> 40);
+- **tempo** from every metronome/sound tempo the file states (in quarter notes per minute), 120 until
+  the first one; **time and key signatures** of the first part;
+- **repeats unfolded the way a performance plays them**: partitura's ``unfold_part_maximal``, i.e.
+  every repeated section is played twice, first/second endings followed, and after a da capo /
+  dal segno leap the repeats are *not* taken again (the usual performance convention; music21's
+  ``expandRepeats``, used by the old path, unfolds repeats the same way). A score whose repeat
+  marks partitura cannot unfold is read straight through (logged).
+
+``read_notation`` raises :class:`NotationError` (with a one-line reason) when partitura cannot read a
+file; ``midi_io.load_score`` then falls back to music21.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import symusic
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PARTITURA_SUFFIXES", "TPQ", "VELOCITY", "NotationError", "read_notation"]
+
+PARTITURA_SUFFIXES = (".mxl", ".xml", ".musicxml", ".mei", ".krn")
+TPQ = 10080
+"""Ticks per quarter: 2^5 * 3^2 * 5 * 7, so 32nd notes, triplets, quintuplets and septuplets land
+on whole ticks; the same resolution music21's MIDI export writes (FACTS.md)."""
+VELOCITY = 91
+DEFAULT_QPM = 120.0
+
+# General MIDI programs (0-based) by a word in the part's name; first match wins, so the more
+# specific words come first ("contrabass" before "bass", "violoncello" before "violin").
+PROGRAM_BY_NAME: tuple[tuple[str, int], ...] = (
+    ("contrabass", 43),
+    ("double bass", 43),
+    ("violoncello", 42),
+    ("cello", 42),
+    ("viola", 41),
+    ("violin", 40),
+    ("piano", 0),
+    ("pianoforte", 0),
+    ("harpsichord", 6),
+    ("cembalo", 6),
+    ("organ", 19),
+    ("guitar", 24),
+    ("harp", 46),
+    ("flute", 73),
+    ("oboe", 68),
+    ("clarinet", 71),
+    ("bassoon", 70),
+    ("horn", 60),
+    ("trumpet", 56),
+    ("trombone", 57),
+    ("tuba", 58),
+    ("timpani", 47),
+    # voices: "Voice Oohs", what music21 assigns a vocal part
+    ("soprano", 53),
+    ("alto", 53),
+    ("tenor", 53),
+    ("bass", 53),
+    ("canto", 53),
+    ("quinto", 53),
+    ("voice", 53),
+)
+
+
+class NotationError(ValueError):
+    """partitura could not read a file; ``reason`` is one line."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def read_notation(path: str | os.PathLike) -> symusic.Score:
+    """Read one notation file with partitura into a score at :data:`TPQ` ticks per quarter."""
+    import partitura
+    import partitura.score as pscore
+
+    path = Path(path)
+    with warnings.catch_warnings():
+        # partitura warns for every direction word it cannot parse ("pizz", lyrics fragments):
+        # hundreds of lines per quartet and nothing a user can act on
+        warnings.simplefilter("ignore")
+        try:
+            if path.suffix.lower() == ".krn":
+                parsed = partitura.load_kern(str(path), quiet=True)
+            else:
+                parsed = partitura.load_score(str(path), quiet=True)
+        except Exception as err:  # partitura raises many types for unreadable input
+            raise NotationError(f"partitura cannot parse: {_one_line(err)}") from None
+        parts = list(parsed.parts)
+        if not parts:
+            raise NotationError("partitura found no parts")
+        unfolded = []
+        for part in parts:
+            try:
+                unfolded.append(pscore.unfold_part_maximal(part, update_ids=False))
+            except (Exception, RecursionError) as err:
+                log.info("%s: part %s read without unfolding repeats (%s)", path, part.id, err)
+                unfolded.append(part)
+    programs = _musicxml_programs(path)
+    # partitura puts a pickup measure before quarter 0; music21 and MIDI start the piece there
+    q0 = min(float(part.quarter_map(part.first_point.t)) for part in unfolded if part.first_point)
+    score = symusic.Score(TPQ)
+    for i, part in enumerate(unfolded):
+        track = _track(part, programs.get(part.id), q0)
+        if track.notes:
+            score.tracks.append(track)
+        if i == 0:
+            _meta(part, score, q0)
+    if score.note_num() == 0:
+        raise NotationError("partitura found no notes")
+    return score
+
+
+def _track(part, program: int | None, q0: float) -> symusic.Track:
+    name = (part.part_name or part.id or "").strip()
+    prog = program if program is not None else _program_for(name)
+    track = symusic.Track(name, prog, False)
+    na = part.note_array()
+    if len(na) == 0:
+        return track
+    onset = np.rint((na["onset_quarter"] - q0) * TPQ).astype(np.int32)
+    dur = np.rint(na["duration_quarter"] * TPQ).astype(np.int32)
+    keep = dur > 0  # grace notes
+    pitch = na["pitch"].astype(np.int8)
+    order = np.lexsort((pitch[keep], onset[keep]))
+    track.notes = symusic.Note.from_numpy(
+        time=onset[keep][order],
+        duration=dur[keep][order],
+        pitch=pitch[keep][order],
+        velocity=np.full(int(keep.sum()), VELOCITY, dtype=np.int8),
+    )
+    return track
+
+
+def _meta(part, score: symusic.Score, q0: float) -> None:
+    """Tempos, time and key signatures of ``part`` (the first part; the others repeat them)."""
+    import partitura.score as pscore
+
+    qmap = part.quarter_map
+
+    def tick(t: int) -> int:
+        return round((float(qmap(t)) - q0) * TPQ)
+
+    tempos = []
+    for tempo in part.iter_all(pscore.Tempo):
+        try:
+            qpm = float(tempo.bpm) * _quarters_per_unit(tempo.unit)
+        except (TypeError, ValueError):
+            continue
+        if 10.0 <= qpm <= 1000.0:
+            tempos.append((tick(tempo.start.t), qpm))
+    if not tempos or tempos[0][0] > 0:
+        tempos.insert(0, (0, DEFAULT_QPM))
+    for t, qpm in sorted(tempos):
+        score.tempos.append(symusic.Tempo(t, qpm))
+    for ts in part.iter_all(pscore.TimeSignature):
+        if ts.beats and ts.beat_type:
+            score.time_signatures.append(
+                symusic.TimeSignature(tick(ts.start.t), ts.beats, ts.beat_type)
+            )
+    for ks in part.iter_all(pscore.KeySignature):
+        minor = 1 if (ks.mode or "").lower() == "minor" else 0
+        score.key_signatures.append(symusic.KeySignature(tick(ks.start.t), int(ks.fifths), minor))
+
+
+_UNIT_QUARTERS = {"w": 4.0, "h": 2.0, "q": 1.0, "e": 0.5, "s": 0.25}
+
+
+def _quarters_per_unit(unit: str | None) -> float:
+    """A tempo unit (partitura spells them ``q``, ``h.``, ``e``...) in quarter notes."""
+    if not unit:
+        return 1.0
+    unit = unit.strip().lower()
+    base = _UNIT_QUARTERS.get(unit.rstrip(".")[:1], 1.0)
+    dots = len(unit) - len(unit.rstrip("."))
+    return base * (2 - 0.5**dots)
+
+
+def _program_for(name: str) -> int:
+    low = name.lower()
+    for word, program in PROGRAM_BY_NAME:
+        if word in low:
+            return program
+    return 0
+
+
+_MIDI_PROGRAM = re.compile(rb"<score-part[^>]*\bid=\"([^\"]+)\".*?</score-part>", re.DOTALL)
+_PROGRAM_TAG = re.compile(rb"<midi-program>\s*(\d+)\s*</midi-program>")
+
+
+def _musicxml_programs(path: Path) -> dict[str, int]:
+    """Part id -> 0-based General MIDI program from MusicXML ``<midi-program>`` (1-based there).
+
+    partitura does not keep it; reading the part list again costs milliseconds. Empty for other
+    formats or when the file does not say."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".mxl":
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.endswith((".xml", ".musicxml"))]
+                names = [n for n in names if not n.startswith("META-INF")]
+                data = z.read(names[0]) if names else b""
+        elif suffix in (".xml", ".musicxml"):
+            data = path.read_bytes()
+        else:
+            return {}
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return {}
+    head = data.split(b"</part-list>", 1)[0]
+    out = {}
+    for m in _MIDI_PROGRAM.finditer(head):
+        prog = _PROGRAM_TAG.search(m.group(0))
+        if prog and 1 <= int(prog.group(1)) <= 128:
+            out[m.group(1).decode(errors="replace")] = int(prog.group(1)) - 1
+    return out
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:200]}"
