@@ -30,7 +30,9 @@ def _tokenizer_cfg(args: argparse.Namespace):
 
 def _add_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "input", help="a folder of MIDI/MusicXML/ABC/kern files, the word 'bach', or 'merge'"
+        "input",
+        help="a folder of MIDI/MusicXML/MEI/ABC/kern files, 'bach', 'music21:NAME' "
+        "(quartets, palestrina, monteverdi), or 'merge'",
     )
     p.add_argument("parts", nargs="*", help="with 'merge': the prepared slice directories to join")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -40,6 +42,22 @@ def _add_prepare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-shards", type=int, default=1, help="split the corpus into K slices...")
     p.add_argument("--shard-index", type=int, default=0, help="...and prepare slice I of them")
     p.add_argument("--force", action="store_true", help="rebuild even if a matching cache exists")
+    _add_timeout(p)
+
+
+def _add_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds one file may take before it is reported as failed (default 300; 0 = no limit)",
+    )
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    from aurl.data.filepool import DEFAULT_TIMEOUT_S
+
+    return DEFAULT_TIMEOUT_S if args.timeout is None else args.timeout
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
@@ -56,22 +74,31 @@ def _run_prepare(args: argparse.Namespace) -> int:
             num_shards=args.num_shards,
             shard_index=args.shard_index,
             force=args.force,
+            timeout=_timeout(args),
         )
     print(summary.render())
     return 0 if summary.files_ok > 0 else 1
 
 
 def _add_roundtrip(p: argparse.ArgumentParser) -> None:
-    p.add_argument("input", help="a folder of MIDI files (or 'bach')")
+    p.add_argument("input", help="a folder of music files (or 'bach', 'music21:NAME')")
     p.add_argument("--tokenizer", default="midilike", choices=["midilike", "remi", "tsd"])
     p.add_argument("--bpe", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the per-file report here")
+    p.add_argument("--workers", type=int, default=1, help="processes loading files")
+    _add_timeout(p)
 
 
 def _run_roundtrip(args: argparse.Namespace) -> int:
     from aurl.data import roundtrip
 
-    report = roundtrip.roundtrip(args.input, _tokenizer_cfg(args), json_path=args.json)
+    report = roundtrip.roundtrip(
+        args.input,
+        _tokenizer_cfg(args),
+        json_path=args.json,
+        workers=args.workers,
+        timeout=_timeout(args),
+    )
     print(roundtrip.render(report))
     return 0 if report["summary"]["files_inexact"] == 0 else 1
 
@@ -209,7 +236,13 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", type=Path, help="MIDI file to continue")
     p.add_argument("--key", help="constrain to a key, e.g. D:min or F#:maj")
     p.add_argument("--pitch-range", help="LOW-HIGH MIDI pitches, e.g. 36-84")
-    p.add_argument("--max-polyphony", type=int)
+    p.add_argument(
+        "--max-polyphony", type=int, help="most notes at once (default: the corpus's; 0 = no limit)"
+    )
+    p.add_argument(
+        "--programs",
+        help="General MIDI programs to play, e.g. 0 or 0,24 (default: the corpus's main instrument(s))",
+    )
     p.add_argument("--density", type=float, help="target notes per beat (soft)")
     p.add_argument("--soft", action="store_true", help="constraints penalize instead of forbid")
     p.add_argument(

@@ -79,25 +79,28 @@ def test_same_config_reuses_and_changed_config_rebuilds(folder, tmp_path, caplog
 
 def test_interrupted_run_resumes_without_redoing_chunks(folder, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    monkeypatch.setattr(prep, "CHUNK_FILES", 2)  # 7 files -> 4 chunks
-    real = prep._tokenize_chunk
-    calls: list[int] = []
+    monkeypatch.setattr(prep, "CHUNK_FILES", 2)  # 7 files -> 4 chunks of 2, 2, 2, 1
+    real_write, real_tok = prep._write_part, prep._tokenize_file
+    writes: list[int] = []
 
-    def crash_on_third(path, items):
-        calls.append(1)
-        if len(calls) == 3:
+    def crash_on_third(path, metas, arrays):
+        writes.append(1)
+        if len(writes) == 3:
             raise KeyboardInterrupt
-        return real(path, items)
+        return real_write(path, metas, arrays)
 
-    monkeypatch.setattr(prep, "_tokenize_chunk", crash_on_third)
+    monkeypatch.setattr(prep, "_write_part", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        prep.prepare(str(folder), out, TokenizerConfig())
+        prep.prepare(str(folder), out, TokenizerConfig(), timeout=0)  # in-process: calls counted
     assert len(list(out.glob(".parts-*/part-*.npz"))) == 2
     assert not (out / "manifest.json").exists()
-    calls.clear()
-    monkeypatch.setattr(prep, "_tokenize_chunk", lambda p, i: (calls.append(1), real(p, i))[1])
-    summary = prep.prepare(str(folder), out, TokenizerConfig())
-    assert len(calls) == 2 and summary.files_ok == 4
+    files: list[str] = []
+    monkeypatch.setattr(prep, "_write_part", real_write)
+    monkeypatch.setattr(
+        prep, "_tokenize_file", lambda item: (files.append(item[0]), real_tok(item))[1]
+    )
+    summary = prep.prepare(str(folder), out, TokenizerConfig(), timeout=0)
+    assert len(files) == 3 and summary.files_ok == 4  # only the last two chunks' files
 
 
 def test_splits_follow_groups_and_do_not_reshuffle():

@@ -3,11 +3,14 @@
 Pipeline (docs/data_format.md has the on-disk format):
 1. list the input files (sorted); keep this slice's files (``num_shards``/``shard_index``, by a hash of
    the relative path, so every slice is stable when files are added);
-2. tokenize in chunks of ``CHUNK_FILES`` files, in ``workers`` processes; each chunk is committed as
-   one part file (temporary file + rename) under ``OUT/.parts-<key>/``, so an interrupted run
-   resumes where it stopped. Tokenizing, not parsing, bounds this (MidiTok encode is ~200x the
-   symusic parse, FACTS.md);
-3. split by piece group (``corpus.group_key``; a hash, so adding files never reshuffles others);
+2. tokenize file by file in ``workers`` processes (:mod:`aurl.data.filepool`: a file past
+   ``timeout`` seconds, or whose worker dies, is reported as failed and its worker replaced; the
+   progress bar moves per file); every ``CHUNK_FILES`` consecutive files are committed as one part
+   file (temporary file + rename) under ``OUT/.parts-<key>/`` once all are done, so an interrupted
+   run resumes where it stopped. For MIDI, tokenizing, not parsing, bounds this (MidiTok encode is
+   ~200x the symusic parse, FACTS.md); for notation, reading the score does (issue 14);
+3. split by piece group (``corpus.group_key``, or a ``music21:NAME`` collection's own grouping;
+   a hash, so adding files never reshuffles others);
 4. optional BPE: learn merges on the train split's base ids, then encode every piece from its ids;
 5. write ``tokens/<split>-<k>.bin`` shards, ``<split>.index.npy``, ``pieces.json``,
    ``tokenizer.json`` and, last, ``manifest.json`` (its presence with the same ``cache_key`` means
@@ -25,7 +28,6 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,14 +36,16 @@ from tqdm import tqdm
 
 from aurl.config import TokenizerConfig, atomic_write_text, to_dict
 from aurl.data import midi_io
-from aurl.data.corpus import bach_midi_dir, group_key
+from aurl.data.corpus import collection_files, grouper, resolve_corpus
+from aurl.data.filepool import DEFAULT_TIMEOUT_S, map_files
 from aurl.data.tokenizers import MusicTokenizer
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 CHUNK_FILES = 32
-"""Files per committed part: small enough that a resume loses little, big enough to amortize IPC."""
+"""Files per committed part: small enough that a resume loses little, few enough part files."""
+SLOWEST_LISTED = 5
 SHARD_TOKENS = 1 << 26
 """Tokens per shard file (128 MiB at uint16)."""
 FORMAT_VERSION = 1
@@ -66,6 +70,8 @@ class PrepareSummary:
     reused: bool = False
     vocab_size: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    slowest: list[dict] = field(default_factory=list)
+    ignored: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_manifest(cls, out: Path, manifest: dict, reused: bool) -> PrepareSummary:
@@ -81,6 +87,8 @@ class PrepareSummary:
             reused=reused,
             vocab_size=manifest["vocab_size"],
             timings=manifest["timings"],
+            slowest=manifest.get("slowest", []),
+            ignored=manifest.get("files_ignored", {}),
         )
 
     def render(self) -> str:
@@ -94,6 +102,14 @@ class PrepareSummary:
         lines += [f"  failed: {f['path']}: {f['reason']}" for f in self.files_failed[:5]]
         if len(self.files_failed) > 5:
             lines.append(f"  ... {len(self.files_failed) - 5} more in manifest.json")
+        if self.ignored:
+            n = sum(self.ignored.values())
+            kinds = ", ".join(f"{k} {v}" for k, v in self.ignored.items())
+            lines.append(f"  ignored {n} file(s) with unsupported suffixes ({kinds})")
+        if self.slowest:
+            lines.append(
+                "slowest: " + ", ".join(f"{s['path']} {s['seconds']:.1f}s" for s in self.slowest)
+            )
         for name, s in self.splits.items():
             lines.append(
                 f"{name:>5}: {s['pieces']} pieces, {s['tokens']} tokens, {s['notes']} notes"
@@ -119,15 +135,29 @@ def _stable_unit(text: str) -> float:
 
 
 def _list_inputs(input: str) -> tuple[Path, list[Path]]:
-    if str(input) == "bach":
-        root = bach_midi_dir()
-    else:
+    if str(input).startswith("music21:"):
+        return collection_files(str(input).removeprefix("music21:"))
+    root = resolve_corpus(input)
+    if root is None:
         root = Path(input)
         if not root.is_dir():
             raise FileNotFoundError(
-                f"{root}: not a folder (pass a folder of music files or 'bach')"
+                f"{root}: not a folder (pass a folder of music files, 'bach' or 'music21:NAME')"
             )
     return root, midi_io.find_music_files(root)
+
+
+def _ignored_files(root: Path) -> dict[str, int]:
+    """Files under ``root`` that prepare skips (unsupported suffix), counted by suffix."""
+    counts: dict[str, int] = {}
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).parts
+        if p.suffix.lower() in midi_io.SUPPORTED_SUFFIXES or any(x.startswith(".") for x in rel):
+            continue
+        if p.is_file():
+            key = p.suffix.lower() or "(none)"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def in_slice(relpath: str, num_shards: int, shard_index: int) -> bool:
@@ -176,55 +206,56 @@ def _cache_key(
 
 
 # ---------------------------------------------------------------------------------------------
-# tokenizing chunks (in worker processes)
+# tokenizing files (in worker processes)
+
+Loader = Callable[[str], tuple]
+"""``path -> (symusic.Score, RepairReport)``, raising ``MidiLoadError``; ``midi_io.load_score``."""
 
 _WORKER_TOK: MusicTokenizer | None = None
+_WORKER_LOAD: Loader = midi_io.load_score
 
 
-def _init_worker(cfg_dict: dict) -> None:
-    global _WORKER_TOK
+def _init_worker(cfg_dict: dict, loader: Loader = midi_io.load_score) -> None:
+    global _WORKER_TOK, _WORKER_LOAD
     from aurl.config import from_dict
 
     _WORKER_TOK = MusicTokenizer(from_dict(TokenizerConfig, {**cfg_dict, "bpe_vocab_size": 0}))
+    _WORKER_LOAD = loader
 
 
-def _tokenize_chunk(part_path: Path, items: list[tuple[str, str]]) -> list[dict]:
-    """Tokenize ``items`` [(relpath, abspath)] into one part file; returns per-file metadata."""
+def _tokenize_file(item: tuple[str, str]) -> tuple[dict, np.ndarray | None]:
+    """Tokenize one file ``(relpath, abspath)``: (metadata, base ids or None if it failed)."""
+    rel, path = item
     tok = _WORKER_TOK
-    metas, arrays = [], []
-    for rel, path in items:
-        try:
-            score, report = midi_io.load_score(path)
-            base = tok.encode_base(score)
-        except midi_io.MidiLoadError as err:
-            metas.append({"path": rel, "ok": False, "reason": str(err).removeprefix(f"{path}: ")})
-            continue
-        except Exception as err:
-            metas.append(
-                {
-                    "path": rel,
-                    "ok": False,
-                    "reason": f"tokenizer error: {type(err).__name__}: {err}",
-                }
-            )
-            continue
-        beats = tok.token_beats(base)
-        metas.append(
-            {
-                "path": rel,
-                "ok": True,
-                "tokens": len(base),
-                "notes": tok.count_notes(base),
-                "beats": float(beats[-1]) if len(beats) else 0.0,
-                "repairs": dict(report.counts) if report else {},
-            }
-        )
-        arrays.append(base.astype(np.int32))
+    try:
+        score, report = _WORKER_LOAD(path)
+        base = tok.encode_base(score)
+    except midi_io.MidiLoadError as err:
+        return {"path": rel, "ok": False, "reason": str(err).removeprefix(f"{path}: ")}, None
+    except Exception as err:
+        return {
+            "path": rel,
+            "ok": False,
+            "reason": f"tokenizer error: {type(err).__name__}: {err}",
+        }, None
+    beats = tok.token_beats(base)
+    meta = {
+        "path": rel,
+        "ok": True,
+        "tokens": len(base),
+        "notes": tok.count_notes(base),
+        "beats": float(beats[-1]) if len(beats) else 0.0,
+        "repairs": dict(report.counts) if report else {},
+    }
+    return meta, base.astype(np.int32)
+
+
+def _write_part(part_path: Path, metas: list[dict], arrays: list[np.ndarray]) -> None:
+    """Commit one chunk's metadata and tokens (temporary file + rename)."""
     tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
     tmp = part_path.with_name(part_path.name + ".tmp.npz")
     np.savez(tmp, tokens=tokens, meta=np.frombuffer(json.dumps(metas).encode(), dtype=np.uint8))
     tmp.replace(part_path)
-    return metas
 
 
 def _read_part(part_path: Path) -> tuple[list[dict], Iterator[np.ndarray]]:
@@ -337,8 +368,14 @@ def prepare(
     force: bool = False,
     splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
     seed: int = 0,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    loader: Loader = midi_io.load_score,
 ) -> PrepareSummary:
-    """Tokenize every music file under ``input`` (or ``bach``) into the prepared directory ``out``."""
+    """Tokenize every music file under ``input`` (a folder, ``bach`` or ``music21:NAME``) into ``out``.
+
+    ``timeout``: seconds one file may take (0 = no limit); a file past it is reported as failed with
+    ``timeout after N s``. ``loader`` reads one file (tests pass stubs that hang or crash).
+    """
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(
             f"--shard-index {shard_index} must be in 0..{num_shards - 1} (--num-shards {num_shards})"
@@ -371,26 +408,9 @@ def prepare(
     todo = [i for i, p in enumerate(part_paths) if not p.exists()]
     if len(todo) < len(chunks):
         log.info("resuming: %d of %d chunks already done", len(chunks) - len(todo), len(chunks))
-    cfg_dict = to_dict(tok_cfg)
-    done = sum(len(c) for i, c in enumerate(chunks) if i not in set(todo))
-    bar = tqdm(
-        total=len(items), initial=done, unit="file", file=sys.stderr, desc="prepare", disable=None
+    _tokenize_all(
+        chunks, part_paths, todo, to_dict(tok_cfg), workers=workers, timeout=timeout, loader=loader
     )
-    jobs = [(part_paths[i], [(r, str(p)) for r, p in chunks[i]]) for i in todo]
-    if workers == 1:
-        _init_worker(cfg_dict)
-        for path, chunk in jobs:
-            _tokenize_chunk(path, chunk)
-            bar.update(len(chunk))
-    elif jobs:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(cfg_dict,)) as pool:
-            futures = {
-                pool.submit(_tokenize_chunk, path, chunk): len(chunk) for path, chunk in jobs
-            }
-            for fut in as_completed(futures):
-                fut.result()
-                bar.update(futures[fut])
-    bar.close()
     t_tokenize = time.perf_counter() - started
 
     # collect metadata (tokens stay on disk in the part files)
@@ -400,14 +420,20 @@ def prepare(
         metas += [(m, part) for m in part_metas]
     ok = [(m, part) for m, part in metas if m["ok"]]
     failed = [{"path": m["path"], "reason": m["reason"]} for m, _ in metas if not m["ok"]]
+    timed = sorted((m for m, _ in metas if "seconds" in m), key=lambda m: -m["seconds"])
+    slowest = [
+        {"path": m["path"], "seconds": round(m["seconds"], 2), "ok": m["ok"]}
+        for m in timed[:SLOWEST_LISTED]
+    ]
     if not ok:
         raise ValueError(
             f"{input}: none of {len(items)} files could be prepared (first: "
             f"{failed[0]['path']}: {failed[0]['reason']})"
         )
-    split_of = assign_splits(
-        [group_key(m["path"]) for m, _ in ok], splits, seed, fill_empty=num_shards == 1
-    )
+    group_fn = grouper(input)
+    group_of = {m["path"]: group_fn(root, m["path"]) for m, _ in ok}
+    split_group = assign_splits(list(group_of.values()), splits, seed, fill_empty=num_shards == 1)
+    split_of = {rel: split_group[g] for rel, g in group_of.items()}
 
     tok = MusicTokenizer(dataclasses.replace(tok_cfg, bpe_vocab_size=0))
     t0 = time.perf_counter()
@@ -431,14 +457,71 @@ def prepare(
         "files_total": len(items),
         "files_ok": len(ok),
         "files_failed": failed,
+        "files_ignored": _ignored_files(root),
         "files_repaired": sum(bool(m["repairs"]) for m, _ in ok),
         "repairs": _sum_counts(m["repairs"] for m, _ in ok),
         "beats": total_beats,
+        "slowest": slowest,
+        "timeout_s": timeout,
         "timings": {"tokenize": round(t_tokenize, 2), "bpe_train": round(t_bpe, 2)},
     }
     manifest = _write_dataset(out, tok, pieces, manifest, started)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return PrepareSummary.from_manifest(out, manifest, reused=False)
+
+
+def _tokenize_all(
+    chunks: list[list[tuple[str, Path]]],
+    part_paths: list[Path],
+    todo: list[int],
+    cfg_dict: dict,
+    *,
+    workers: int,
+    timeout: float,
+    loader: Loader,
+) -> None:
+    """Tokenize the files of chunks ``todo``, one file per task; commit each chunk when complete."""
+    done = sum(len(c) for i, c in enumerate(chunks) if i not in set(todo))
+    total = sum(len(c) for c in chunks)
+    bar = tqdm(
+        total=total, initial=done, unit="file", file=sys.stderr, desc="prepare", disable=None
+    )
+    tasks = [(ci, pos) for ci in todo for pos in range(len(chunks[ci]))]
+    if any(
+        p.suffix.lower() in midi_io.SCORE_SUFFIXES
+        for ci, pos in tasks
+        for p in [chunks[ci][pos][1]]
+    ):
+        # import once here, so forked workers (and their replacements) inherit it: partitura and
+        # its dependencies take seconds to import (issue 14)
+        import partitura  # noqa: F401
+    results: dict[int, list] = {ci: [None] * len(chunks[ci]) for ci in todo}
+    left = {ci: len(chunks[ci]) for ci in todo}
+    items = [(chunks[ci][pos][0], str(chunks[ci][pos][1])) for ci, pos in tasks]
+    outcomes = map_files(
+        _tokenize_file,
+        items,
+        workers=workers,
+        timeout=timeout,
+        initializer=_init_worker,
+        initargs=(cfg_dict, loader),
+    )
+    for out in outcomes:
+        ci, pos = tasks[out.index]
+        rel = items[out.index][0]
+        if out.error is not None:
+            meta, ids = {"path": rel, "ok": False, "reason": out.error}, None
+            log.warning("%s: %s", rel, out.error)
+        else:
+            meta, ids = out.value
+        meta["seconds"] = round(out.seconds, 3)
+        results[ci][pos] = (meta, ids)
+        bar.update(1)
+        left[ci] -= 1
+        if left[ci] == 0:
+            rows = results.pop(ci)
+            _write_part(part_paths[ci], [m for m, _ in rows], [a for _, a in rows if a is not None])
+    bar.close()
 
 
 def _part_pieces(
@@ -448,7 +531,7 @@ def _part_pieces(
     for part in part_paths:
         part_metas, arrays = _read_part(part)
         for m, ids in zip((m for m in part_metas if m["ok"]), arrays, strict=True):
-            if split_of[group_key(m["path"])] == split:
+            if split_of[m["path"]] == split:
                 yield m["path"], ids
 
 

@@ -4,6 +4,9 @@ Notes are compared as multisets of ``(program, onset, pitch, duration, velocity)
 -1), in ticks of the tokenizer's own resolution, velocities already folded into bins by
 ``preprocess``. A file is exact when both multisets are equal. ``aurl roundtrip`` writes the report
 as JSON and prints :func:`render`.
+
+Files are loaded in worker processes (:mod:`aurl.data.filepool`) under a per-file time limit: a file
+that hangs is reported as ``timeout after N s``, one whose worker dies as ``worker died (...)``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from symusic import Score
 
 from aurl.config import TokenizerConfig, atomic_write_text
 from aurl.data import midi_io
-from aurl.data.corpus import bach_midi_dir
+from aurl.data.corpus import bach_midi_dir, collection_files
+from aurl.data.filepool import DEFAULT_TIMEOUT_S, map_files
 from aurl.data.tokenizers import MusicTokenizer
 
 log = logging.getLogger(__name__)
@@ -58,6 +62,8 @@ def resolve_input(input: str | os.PathLike) -> list[Path]:
     """Files of a folder (recursive), a single file, or the Bach corpus for the word ``bach``."""
     if str(input) == "bach":
         return midi_io.find_music_files(bach_midi_dir())
+    if str(input).startswith("music21:"):
+        return collection_files(str(input).removeprefix("music21:"))[1]
     path = Path(input)
     if path.is_file():
         return [path]
@@ -72,18 +78,32 @@ def roundtrip(
     *,
     json_path: str | os.PathLike | None = None,
     tokenizer: MusicTokenizer | None = None,
+    workers: int = 1,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    loader=midi_io.load_score,
 ) -> dict:
-    """Round-trip every file under ``input``; BPE (``bpe_vocab_size``) is trained on these files."""
+    """Round-trip every file under ``input``; BPE (``bpe_vocab_size``) is trained on these files.
+
+    ``timeout``: seconds one file may take to load (0 = no limit); ``loader`` as in ``prepare``.
+    """
     files = resolve_input(input)
     started = time.perf_counter()
     tok = tokenizer or MusicTokenizer(tok_cfg)
     loaded: list[tuple[Path, Score]] = []
     failed = []
-    for path in files:
-        try:
-            loaded.append((path, midi_io.load_score(path)[0]))
-        except midi_io.MidiLoadError as err:
-            failed.append({"path": str(path), "reason": str(err).removeprefix(f"{path}: ")})
+    slow = []
+    outcomes = map_files(
+        _load_one, [(str(p), loader) for p in files], workers=workers, timeout=timeout
+    )
+    for out in sorted(outcomes, key=lambda o: o.index):
+        path = files[out.index]
+        slow.append((out.seconds, str(path)))
+        if out.error is not None:
+            failed.append({"path": str(path), "reason": out.error})
+        elif isinstance(out.value, str):
+            failed.append({"path": str(path), "reason": out.value})
+        else:
+            loaded.append((path, out.value))
     if tok_cfg.bpe_vocab_size and not tok.is_trained and loaded:
         tok.train_bpe((s for _, s in loaded), tok_cfg.bpe_vocab_size)
     rows = []
@@ -106,12 +126,22 @@ def roundtrip(
             "notes": notes,
             "note_match_rate": (sum(r["matched"] for r in rows) / notes) if notes else 1.0,
             "failed": failed,
+            "slowest": [{"path": p, "seconds": round(t, 2)} for t, p in sorted(slow)[::-1][:5]],
             "seconds": round(time.perf_counter() - started, 2),
         },
     }
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(report, indent=1))
     return report
+
+
+def _load_one(item: tuple[str, object]) -> Score | str:
+    """Load one file: the score, or the reason it cannot be loaded (runs in a worker)."""
+    path, loader = item
+    try:
+        return loader(path)[0]
+    except midi_io.MidiLoadError as err:
+        return str(err).removeprefix(f"{path}: ")
 
 
 def render(report: dict) -> str:
@@ -129,4 +159,8 @@ def render(report: dict) -> str:
         if not r["exact"]
     ][:10]
     lines += [f"  failed: {f['path']}: {f['reason']}" for f in s["failed"][:5]]
+    if s.get("slowest"):
+        lines.append(
+            "  slowest loads: " + ", ".join(f"{x['path']} {x['seconds']:.1f}s" for x in s["slowest"])
+        )
     return "\n".join(lines)
