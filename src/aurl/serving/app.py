@@ -44,6 +44,8 @@ from aurl.serving.schemas import (
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+GRACE_S = 5.0
+"""Seconds past a job's deadline after which the handler stops waiting for the scheduler."""
 ROUTES = (
     "/", "/health", "/v1/models", "/v1/generate", "/v1/generate/stream", "/v1/infill",
     "/v1/interpolate", "/metrics",
@@ -318,8 +320,13 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
         submit(job)
         while not done.future.done():
             await asyncio.wait({done.future}, timeout=0.5)
-            if not done.future.done() and await request.is_disconnected():
+            if done.future.done():
+                break
+            if await request.is_disconnected():
                 job.cancel()
+            elif time.monotonic() > job.deadline + GRACE_S:  # the scheduler is stuck or stopped
+                job.cancel()
+                raise HTTPException(504, f"timed out after {cfg.timeout_s:.0f} s (timeout_s)")
         if job.error:
             raise failure(job)
         body = await asyncio.to_thread(piece_result, job.plan, job.new, musicxml=req.musicxml)
