@@ -313,6 +313,37 @@ def _run_vae(action: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+# ---------------------------------------------------------------------------------------------
+# serving
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model, run or ONNX directory")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="listen address (default: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (504 after)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the decode loop")
+    p.add_argument(
+        "--no-batching", action="store_true", help="one request at a time (the CLI's own loop)"
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from aurl.serving.app import ServeConfig, serve
+
+    cfg = ServeConfig(
+        host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
+        timeout_s=args.timeout, threads=args.threads, batching=not args.no_batching,
+    )  # fmt: skip
+    print(f"aurl serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
+    serve(str(args.model), cfg)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "prepare": ("MIDI folder -> tokenized, sharded training data", _add_prepare, _run_prepare),
     "roundtrip": ("encode -> decode -> diff every file", _add_roundtrip, _run_roundtrip),
@@ -333,6 +364,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
         _run_vae("interpolate"),
     ),
     "vary": ("VAE: variations of a piece", _add_vary, _run_vae("vary")),
+    "serve": ("HTTP API + web page with continuous batching", _add_serve, _run_serve),
 }
 
 

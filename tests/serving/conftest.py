@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "generation"))
 
-from tinymodel import make_bundle  # noqa: E402
+from tinymodel import make_bundle
 
-from aurl.bundle import load_bundle  # noqa: E402
+from aurl.bundle import load_bundle
 
 
 @pytest.fixture(scope="session")
