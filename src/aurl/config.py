@@ -293,6 +293,9 @@ class TrainerConfig:
     swa: bool = False
     samples_per_validation: int = 1
     """MIDI samples written to the run dir at each validation."""
+    eval_samples: int = 0
+    """Generate this many pieces at each validation and log ``val/mean_overlap_area`` against the
+    validation split's features (aurl.evaluation; 0 = off). Costs N x sample_tokens forward passes."""
     sample_tokens: int = 256
     compile: str = "auto"
     """torch.compile: auto (on CUDA only), on, off."""
@@ -304,6 +307,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _check_positive("trainer.max_steps", self.max_steps)
         _check_choice("trainer.compile", self.compile, ("auto", "on", "off"))
+        if self.eval_samples < 0 or self.eval_samples == 1:
+            raise ValueError(f"trainer.eval_samples={self.eval_samples} must be 0 (off) or >= 2")
 
 
 @dataclass
