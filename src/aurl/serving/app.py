@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -423,6 +424,17 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
         if not is_vae:
             raise HTTPException(400, f"model {name} is a {mode}, not a VAE: interpolation needs a VAE")  # fmt: skip
         return await asyncio.to_thread(run_interpolate, req)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The default handler echoes each bad input back, and fails (500) on the NaN/Infinity
+        # that Python's JSON parser accepts; answer with the field and the reason only.
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]  # fmt: skip
+        summary = "; ".join(f"{'.'.join(map(str, d['loc'][1:])) or 'body'}: {d['msg']}" for d in detail)  # fmt: skip
+        return JSONResponse({"detail": detail, "error": summary}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
