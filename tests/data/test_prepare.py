@@ -172,3 +172,67 @@ def test_no_loadable_file_is_an_error(tmp_path):
         prep.prepare(str(src), tmp_path / "out", TokenizerConfig())
     with pytest.raises(FileNotFoundError, match="not a folder"):
         prep.prepare(str(tmp_path / "missing"), tmp_path / "out", TokenizerConfig())
+
+
+def _stalling_loader(path):
+    """Stub reader: a file named ``hang*`` never finishes loading, ``die*`` kills its worker."""
+    import os
+    import signal
+    import time
+
+    from aurl.data import midi_io
+
+    name = Path(path).name
+    if name.startswith("hang"):
+        time.sleep(120)
+    if name.startswith("die"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return midi_io.load_score(path)
+
+
+def test_a_file_that_never_loads_and_one_that_kills_its_worker_are_reported(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ["a.mid", "hang.mid", "b.mid", "die.mid", "c.mid", "d.mid"]:
+        shutil.copy(MIDI / "etude_no4.mid", src / name)
+    (src / "notes.txt").write_text("not music")
+    out = tmp_path / "out"
+    summary = prep.prepare(
+        str(src), out, TokenizerConfig(), workers=2, timeout=1.5, loader=_stalling_loader
+    )
+    m = json.loads((out / "manifest.json").read_text())
+    reasons = {f["path"]: f["reason"] for f in m["files_failed"]}
+    assert reasons["hang.mid"] == "timeout after 1.5 s"
+    assert reasons["die.mid"].startswith("worker died (killed by SIGKILL")
+    assert m["files_ok"] == 4 and m["files_total"] == 6 and m["files_ignored"] == {".txt": 1}
+    assert m["timings"]["tokenize"] < 60  # the 120 s sleep was cut short
+    assert m["slowest"][0]["path"] == "hang.mid" and m["slowest"][0]["seconds"] >= 1.5
+    text = summary.render()
+    assert "4 ok / 6" in text and "hang.mid: timeout after 1.5 s" in text
+    assert "slowest: hang.mid" in text and "ignored 1 file(s) with unsupported suffixes" in text
+    assert sorted(
+        n for ns in json.loads((out / "pieces.json").read_text()).values() for n in ns
+    ) == [
+        "a.mid",
+        "b.mid",
+        "c.mid",
+        "d.mid",
+    ]
+
+
+def test_music21_collection_groups_movements_of_one_work():
+    pytest.importorskip("music21")
+    from aurl.data.corpus import COLLECTIONS, collection_files
+
+    root, files = collection_files("quartets")
+    assert len(files) == 47 and all(f.suffix == ".mxl" for f in files)  # no .krn duplicates
+    group = COLLECTIONS["quartets"].group
+    assert group(root, "beethoven/opus59no1/movement2.mxl") == "beethoven/opus59no1"
+    assert group(root, "beethoven/opus132.mxl") == "beethoven/opus132"
+    root, files = collection_files("palestrina")
+    assert len(files) == 1318
+    group = COLLECTIONS["palestrina"].group
+    same_mass = {group(root, f"palestrina/{n}.krn") for n in ("Sanctus_rpt_a", "Sanctus_rpt_b")}
+    assert len(same_mass) == 1 and next(iter(same_mass)).startswith("opr:missa")
+    with pytest.raises(ValueError, match="music21:quartets"):
+        collection_files("nope")

@@ -61,3 +61,31 @@ def test_bpe_round_trip_is_exact(folder):
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         roundtrip.roundtrip(tmp_path / "nope", TokenizerConfig())
+
+
+def _hanging_loader(path):
+    """Stub reader: ``hang*`` never finishes, ``die*`` kills its worker, the rest load normally."""
+    import os
+    import signal
+    import time
+
+    if Path(path).name.startswith("hang"):
+        time.sleep(120)
+    if Path(path).name.startswith("die"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return midi_io.load_score(path)
+
+
+def test_a_hanging_file_and_a_dying_worker_are_reported_and_the_rest_compared(tmp_path):
+    for name in ["a.mid", "hang.mid", "die.mid", "b.mid"]:
+        shutil.copy(MIDI / "etude_no4.mid", tmp_path / name)
+    report = roundtrip.roundtrip(
+        tmp_path, TokenizerConfig(kind="tsd"), timeout=1.0, loader=_hanging_loader
+    )
+    s = report["summary"]
+    reasons = {Path(f["path"]).name: f["reason"] for f in s["failed"]}
+    assert reasons["hang.mid"] == "timeout after 1 s"
+    assert reasons["die.mid"].startswith("worker died (killed by SIGKILL")
+    assert s["files"] == 2 and s["files_inexact"] == 0 and s["seconds"] < 60
+    assert Path(s["slowest"][0]["path"]).name == "hang.mid"
+    assert "slowest loads: " in roundtrip.render(report)

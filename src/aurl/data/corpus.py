@@ -157,7 +157,7 @@ COLLECTIONS: dict[str, Collection] = {
         ("beethoven", "mozart", "haydn"),
         (".mxl",),  # beethoven/opus18no1 also has .krn copies of its .mxl movements
         _group_by_work_folder,
-        "string quartets: Beethoven, Mozart, Haydn (37 MusicXML files, grouped by opus)",
+        "string quartets: Beethoven, Mozart, Haydn (47 MusicXML files, grouped by opus)",
     ),
     "palestrina": Collection(
         ("palestrina",),

@@ -170,16 +170,34 @@ def _meta(part, score: symusic.Score, q0: float) -> None:
             tempos.append((tick(tempo.start.t), qpm))
     if not tempos or tempos[0][0] > 0:
         tempos.insert(0, (0, DEFAULT_QPM))
-    for t, qpm in sorted(tempos):
+    # an unfolded repeat restates the marks at its start: keep only the changes
+    for t, qpm in _changes(sorted(tempos)):
         score.tempos.append(symusic.Tempo(t, qpm))
-    for ts in part.iter_all(pscore.TimeSignature):
-        if ts.beats and ts.beat_type:
-            score.time_signatures.append(
-                symusic.TimeSignature(tick(ts.start.t), ts.beats, ts.beat_type)
-            )
-    for ks in part.iter_all(pscore.KeySignature):
-        minor = 1 if (ks.mode or "").lower() == "minor" else 0
-        score.key_signatures.append(symusic.KeySignature(tick(ks.start.t), int(ks.fifths), minor))
+    sigs = sorted(
+        (tick(ts.start.t), (ts.beats, ts.beat_type))
+        for ts in part.iter_all(pscore.TimeSignature)
+        if ts.beats and ts.beat_type
+    )
+    for t, (num, den) in _changes(sigs):
+        score.time_signatures.append(symusic.TimeSignature(t, num, den))
+    keys = sorted(
+        (tick(ks.start.t), (int(ks.fifths), int((ks.mode or "").lower() == "minor")))
+        for ks in part.iter_all(pscore.KeySignature)
+    )
+    for t, (fifths, minor) in _changes(keys):
+        score.key_signatures.append(symusic.KeySignature(t, fifths, minor))
+
+
+def _changes(marks: list[tuple[int, object]]) -> list[tuple[int, object]]:
+    """Time-sorted (tick, value) marks -> those that change the value (the last one per tick)."""
+    at_tick: dict[int, object] = {}
+    for t, value in marks:
+        at_tick[t] = value
+    out: list[tuple[int, object]] = []
+    for t, value in sorted(at_tick.items()):
+        if not out or out[-1][1] != value:
+            out.append((t, value))
+    return out
 
 
 _UNIT_QUARTERS = {"w": 4.0, "h": 2.0, "q": 1.0, "e": 0.5, "s": 0.25}
