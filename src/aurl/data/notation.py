@@ -11,11 +11,13 @@ partitura reads a string quartet in a few seconds where music21's parse + MIDI e
   ``<midi-program>`` (MusicXML) or else of its name (:data:`PROGRAM_BY_NAME`, e.g. "Violin I" -> 40);
 - **tempo** from every metronome/sound tempo the file states (in quarter notes per minute), 120 until
   the first one; **time and key signatures** of the first part;
-- **repeats unfolded the way a performance plays them**: partitura's ``unfold_part_maximal``, i.e.
-  every repeated section is played twice, first/second endings followed, and after a da capo /
-  dal segno leap the repeats are *not* taken again (the usual performance convention; music21's
-  ``expandRepeats``, used by the old path, unfolds repeats the same way). A score whose repeat
-  marks partitura cannot unfold is read straight through (logged).
+- **repeats unfolded the way a performance plays them**: partitura's ``unfold_part_maximal`` with
+  ``ignore_leaps=False``, i.e. every repeated section is played twice, first/second endings
+  followed, a backward repeat with no forward repeat goes back to the start (pickup included), and
+  after a da capo / dal segno / coda jump the repeats are *not* taken again (the usual performance
+  convention). music21's ``expandRepeats`` (the old path) gives the same notes on the test score and
+  on the corpus files compared in benchmarks/bench_notation.py. A score whose repeat marks partitura
+  cannot unfold is read straight through (logged).
 
 ``read_notation`` raises :class:`NotationError` (with a one-line reason) when partitura cannot read a
 file; ``midi_io.load_score`` then falls back to music21.
@@ -111,7 +113,10 @@ def read_notation(path: str | os.PathLike) -> symusic.Score:
         unfolded = []
         for part in parts:
             try:
-                unfolded.append(pscore.unfold_part_maximal(part, update_ids=False))
+                # ignore_leaps=False: no repeats after a da capo / dal segno / coda jump
+                unfolded.append(
+                    pscore.unfold_part_maximal(part, update_ids=False, ignore_leaps=False)
+                )
             except (Exception, RecursionError) as err:
                 log.info("%s: part %s read without unfolding repeats (%s)", path, part.id, err)
                 unfolded.append(part)
