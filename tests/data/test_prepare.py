@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,34 @@ def test_music21_collection_groups_movements_of_one_work():
     assert len(same_mass) == 1 and next(iter(same_mass)).startswith("opr:missa")
     with pytest.raises(ValueError, match="music21:quartets"):
         collection_files("nope")
+
+
+def test_cli_prepares_a_notation_folder_with_a_timeout_and_music21_names_are_checked(
+    tmp_path, capsys
+):
+    pytest.importorskip("partitura")
+    from aurl.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_notation import XML
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "tiny.musicxml").write_text(XML)
+    shutil.copy(MIDI / "etude_no4.mid", src / "etude.mid")
+    (src / "score.musx").write_bytes(b"PK\x03\x04")  # Finale's own format: ignored, and said so
+    out = tmp_path / "out"
+    assert main(["prepare", str(src), "--out", str(out), "--timeout", "60"]) == 0
+    text = capsys.readouterr().out
+    assert "2 ok / 2" in text and "ignored 1 file(s) with unsupported suffixes (.musx 1)" in text
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["timeout_s"] == 60 and m["files_ignored"] == {".musx": 1}
+    data = PreparedData(out)
+    notes = {
+        name: int(data.split(split).index[i, 3])
+        for split in prep.SPLITS
+        for i, name in enumerate(data.split(split).names)
+    }
+    assert notes["tiny.musicxml"] == 14  # the hand-written score of test_notation, unfolded
+    assert main(["prepare", "music21:nope", "--out", str(tmp_path / "x")]) == 2
+    assert "use one of music21:quartets" in capsys.readouterr().err
