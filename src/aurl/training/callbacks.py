@@ -161,6 +161,82 @@ class SampleWriter(Callback):
                 log.info("sample written: %s (%d tokens)", path, len(ids))
 
 
+class SampleQuality(Callback):
+    """Logs ``val/mean_overlap_area`` (and ``val/frechet_distance``) at each validation.
+
+    Generates ``num_samples`` pieces with :func:`sample_tokens` (from BOS, ``num_tokens`` each),
+    computes their musical features and compares them with the ``split`` of the prepared data
+    (``aurl.evaluation.samples``; the reference features are computed once and cached on disk).
+    Samples that do not decode are left out; fewer than 2 pieces logs nothing.
+    """
+
+    def __init__(
+        self, data_dir: Path, tokenizer, num_samples: int, num_tokens: int, seed: int,
+        split: str = "val",
+    ) -> None:  # fmt: skip
+        self.data_dir = Path(data_dir)
+        self.tokenizer = tokenizer
+        self.num_samples = num_samples
+        self.num_tokens = num_tokens
+        self.seed = seed
+        self.split = split
+        self._reference = None
+
+    def _reference_table(self, names: list[str]):
+        from aurl.evaluation.samples import reference_table
+
+        if self._reference is None:
+            try:
+                self._reference, _ = reference_table(self.data_dir, self.split, names)
+            except ValueError:  # an empty split
+                self._reference = None
+            if self._reference is None or len(self._reference) < 2:
+                log.info("%s split too small for the overlap area; using train", self.split)
+                self._reference, _ = reference_table(self.data_dir, "train", names)
+        return self._reference
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.num_samples <= 0:
+            return
+        from aurl.evaluation.features import piece_from_score
+        from aurl.evaluation.samples import compare_tables, feature_table, registered_features
+
+        t0 = time.perf_counter()
+        gen = torch.Generator(device="cpu").manual_seed(self.seed + 7919 + trainer.global_step)
+        pieces = []
+        for k in range(self.num_samples):
+            if hasattr(pl_module, "sample_ids"):  # VAE modules decode a prior sample instead
+                ids = pl_module.sample_ids(gen, self.num_tokens)
+            else:
+                ids = sample_tokens(
+                    pl_module.model, self.tokenizer.bos_id, self.num_tokens, gen,
+                    eos_id=self.tokenizer.eos_id, max_context=pl_module.max_seq_len,
+                )  # fmt: skip
+            try:
+                piece = piece_from_score(self.tokenizer.decode(ids), name=f"sample_{k}")
+            except Exception as exc:  # an untrained model can emit undecodable streams
+                log.warning(
+                    "eval sample %d at step %d not decoded: %s", k, trainer.global_step, exc
+                )
+                continue
+            if len(piece.onset):
+                pieces.append(piece)
+        if len(pieces) < 2:
+            log.warning("step %d: %d decodable samples, no overlap area logged",
+                        trainer.global_step, len(pieces))  # fmt: skip
+            return
+        specs = registered_features()
+        names = list(specs)
+        result = compare_tables(feature_table(pieces, names), self._reference_table(names), specs)
+        pl_module.log("val/mean_overlap_area", result["mean_overlap_area"], sync_dist=False)
+        pl_module.log("val/frechet_distance", result["frechet_distance"], sync_dist=False)
+        log.info(
+            "step %d: %d samples, mean overlap area %.3f, Frechet %.2f (%.1f s)",
+            trainer.global_step, len(pieces), result["mean_overlap_area"],
+            result["frechet_distance"], time.perf_counter() - t0,
+        )  # fmt: skip
+
+
 @torch.no_grad()
 def sample_tokens(
     model: torch.nn.Module,

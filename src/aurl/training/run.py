@@ -36,8 +36,14 @@ from pytorch_lightning.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from aurl.config import RunConfig, load_config, save_config, to_dict
-from aurl.training.callbacks import SampleWriter, StepProgressBar, StepSWA, ThroughputMonitor
+from aurl.config import RunConfig, SampleConfig, load_config, save_config, to_dict
+from aurl.training.callbacks import (
+    SampleQuality,
+    SampleWriter,
+    StepProgressBar,
+    StepSWA,
+    ThroughputMonitor,
+)
 from aurl.training.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -50,18 +56,38 @@ CHECKPOINT_DIR = "checkpoints"
 # resolution of "auto" settings (pure)
 
 
-def resolve_precision(precision: str, cuda: bool | None = None, bf16: bool | None = None) -> str:
-    """``auto`` -> ``bf16-mixed`` on a CUDA device with bf16 support, else ``32-true``.
+def cpu_has_fast_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has bf16 matrix instructions (Intel AMX: ``amx_bf16`` in /proc/cpuinfo).
 
-    Any other string is passed to Lightning unchanged (it validates it). On this 2-core CPU
-    ``bf16-mixed`` is also worth trying: matmul peak 850 vs 204 GFLOP/s (docs/FACTS), see
-    benchmarks/results/train.md for the measured training speed and loss.
-    """
+    FACTS.md measured a 2048² matmul at ~850 GFLOP/s in bf16 against ~204 in fp32 on such a CPU,
+    and 59 against 303 on one without (AVX2/AVX-512 without bf16 units emulate it: 5× slower).
+    ``avx512_bf16`` alone (dot products, no tiles) is not counted: no measurement here showed it
+    faster than fp32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no way to tell, keep fp32
+            return False
+    return any(
+        "amx_bf16" in line.split() for line in cpuinfo.splitlines() if line.startswith("flags")
+    )
+
+
+def resolve_precision(
+    precision: str, cuda: bool | None = None, bf16: bool | None = None, cpu_bf16: bool | None = None
+) -> str:
+    """``auto`` -> ``bf16-mixed`` on a CUDA device with bf16 support (else ``16-mixed``); on a
+    CPU ``bf16-mixed`` only where bf16 matmul is faster than fp32 (:func:`cpu_has_fast_bf16`),
+    else ``32-true``. Any other string is passed to Lightning unchanged (it validates it).
+
+    The quality side: bf16 autocast keeps the weights and the optimizer in fp32; after 4 steps
+    the loss matched fp32 to 3 decimals (5.980 vs 5.981, benchmarks/results/train.md)."""
     if precision != "auto":
         return precision
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if not cuda:
-        return "32-true"
+        cpu_bf16 = cpu_has_fast_bf16() if cpu_bf16 is None else cpu_bf16
+        return "bf16-mixed" if cpu_bf16 else "32-true"
     bf16 = torch.cuda.is_bf16_supported() if bf16 is None else bf16
     return "bf16-mixed" if bf16 else "16-mixed"
 
@@ -241,12 +267,35 @@ def train(cfg: RunConfig, out: Path) -> Path:
         )
     tokenizer, train_ds, val_ds = open_data(cfg)
     cfg = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+        cfg,
+        model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size),
+        sample=corpus_sample_defaults(cfg, tokenizer),
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / CONFIG_FILE)
     tokenizer.save(run_dir)
     return fit(cfg, run_dir, tokenizer, train_ds, val_ds)
+
+
+def corpus_sample_defaults(cfg: RunConfig, tokenizer) -> SampleConfig:
+    """``cfg.sample`` with the generation defaults that were left unset (0 / empty) measured on
+    the train split: longest note, voice limit, dominant programs (issue 15)."""
+    s = cfg.sample
+    if s.max_note_beats and s.max_polyphony and s.programs:
+        return s
+    from aurl.data.dataset import PreparedData
+    from aurl.generation.corpus_stats import measure
+    from aurl.generation.state import Vocab
+
+    split = PreparedData(cfg.data.path).split("train")
+    stats = measure((split.piece(i) for i in range(len(split))), Vocab.from_tokenizer(tokenizer))
+    log.info("generation defaults from the train split: %s", stats.render())
+    return dataclasses.replace(
+        s,
+        max_note_beats=s.max_note_beats or stats.max_note_beats,
+        max_polyphony=s.max_polyphony or stats.max_polyphony,
+        programs=s.programs or stats.programs,
+    )
 
 
 def resume(run_dir: Path, overrides: list[str] | None = None) -> Path:
@@ -300,6 +349,10 @@ def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> pl.Trainer:
         SampleWriter(run_dir / "samples", tokenizer, t.sample_tokens, t.samples_per_validation, t.seed),
         StepProgressBar(refresh_rate=max(1, t.log_every_steps)),
     ]  # fmt: skip
+    if t.eval_samples > 0:
+        callbacks.append(SampleQuality(
+            Path(cfg.data.path), tokenizer, t.eval_samples, t.sample_tokens, t.seed
+        ))  # fmt: skip
     if t.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience)
