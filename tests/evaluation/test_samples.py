@@ -157,3 +157,22 @@ def test_real_midi_folder_evaluates_every_loadable_file(shared_datasets):
     table = S.feature_table(pieces, list(S.registered_features()))
     assert np.isfinite(table.values["groove_consistency"]).all()
     assert np.isfinite(table.values["notes_per_second"]).all()
+
+
+def test_runner_picks_up_features_registered_by_the_analysis_module(tmp_path, monkeypatch):
+    from aurl.evaluation import features as F
+
+    (tmp_path / "fake_analysis_features.py").write_text(
+        "from aurl.evaluation.features import feature\n"
+        "@feature('fake_note_count', unit='count', description='notes')\n"
+        "def fake_note_count(piece):\n"
+        "    return float(len(piece.onset))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(S, "ANALYSIS_FEATURES", "fake_analysis_features")
+    try:
+        assert "fake_note_count" in S.registered_features()
+    finally:
+        F.FEATURES.pop("fake_note_count", None)
+    monkeypatch.setattr(S, "ANALYSIS_FEATURES", "no_such_module_here")
+    assert "fake_note_count" not in S.registered_features()  # absent module: the base features
