@@ -1,0 +1,179 @@
+"""Global key and key-change segmentation: an HMM over 24 keys whose emissions are key profiles.
+
+Per beat, a pitch-class profile (time-weighted, plus the bass profile times ``bass_weight``);
+profiles summed over windows of ``window_beats``; each window scored against the 24 rotated key
+profiles by Pearson correlation (Krumhansl–Schmuckler style); Viterbi with a key-change penalty
+per window gives the segmentation. Profile sets (all 12 values from the tonic up):
+
+- ``krumhansl``: Krumhansl & Kessler (1982) probe-tone ratings.
+- ``temperley``: Temperley (2007) Kostka–Payne corpus frequencies.
+- ``albrecht``: Albrecht & Shanahan (2013) corpus profiles.
+- ``pop909``: learned from POP909 001-700 by ``benchmarks/fit_key_profiles.py`` (time-weighted
+  mean profile per mode over the annotated key spans), with a separate bass profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import symusic
+
+from aurl.analysis.notes import NoteArray, bass_chroma, score_notes, segment_chroma
+
+TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "krumhansl": (
+        (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88),
+        (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17),
+    ),
+    "temperley": (
+        (0.748, 0.060, 0.488, 0.082, 0.670, 0.460, 0.096, 0.715, 0.104, 0.366, 0.057, 0.400),
+        (0.712, 0.084, 0.474, 0.618, 0.049, 0.460, 0.105, 0.747, 0.404, 0.067, 0.133, 0.330),
+    ),
+    "albrecht": (
+        (0.238, 0.006, 0.111, 0.006, 0.137, 0.094, 0.016, 0.214, 0.009, 0.080, 0.008, 0.081),
+        (0.220, 0.006, 0.104, 0.123, 0.019, 0.103, 0.012, 0.214, 0.062, 0.022, 0.061, 0.052),
+    ),
+    "pop909": (
+        (0.216, 0.001, 0.132, 0.002, 0.146, 0.088, 0.003, 0.208, 0.005, 0.126, 0.005, 0.067),
+        (0.23, 0.002, 0.083, 0.146, 0.003, 0.123, 0.001, 0.199, 0.069, 0.004, 0.128, 0.011),
+    ),
+}
+# Bass profiles where a set has its own (otherwise the bass is scored with the main profile).
+BASS_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "pop909": (
+        (0.24, 0.001, 0.099, 0.002, 0.089, 0.171, 0.005, 0.229, 0.006, 0.123, 0.009, 0.026),
+        (0.263, 0.003, 0.023, 0.114, 0.002, 0.132, 0.001, 0.173, 0.136, 0.005, 0.145, 0.004),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    """How the key is estimated; defaults tuned on POP909 001-700 (benchmarks/bench_analysis.py)."""
+
+    profiles: str = "temperley"  # one of PROFILES
+    bass_weight: float = 1.0  # extra weight of the bass profile (the bass states the tonic)
+    window_beats: int = 8  # beats per HMM observation (two bars of 4/4)
+    change_penalty: float = 8.0  # log-odds against a key change between windows
+    sharpness: float = 6.0  # scale of the correlation in the emission log-likelihood
+
+    def __post_init__(self) -> None:
+        if self.profiles not in PROFILES:
+            raise ValueError(f"KeyConfig.profiles={self.profiles!r}; use one of {sorted(PROFILES)}")
+        if self.window_beats < 1:
+            raise ValueError(f"KeyConfig.window_beats={self.window_beats}; must be >= 1")
+
+
+@dataclass(frozen=True)
+class KeySegment:
+    start: float
+    end: float
+    label: str  # "C:maj", "A:min"
+
+
+def key_label(k: int) -> str:
+    """State k < 12: major on tonic k; k >= 12: minor on tonic k - 12."""
+    return f"{TONICS[k % 12]}:{'maj' if k < 12 else 'min'}"
+
+
+def key_templates(profiles: str, bass: bool = False) -> np.ndarray:
+    """(24, 12) z-scored profiles: rows 0-11 major on C..B, 12-23 minor."""
+    table = BASS_PROFILES if bass and profiles in BASS_PROFILES else PROFILES
+    major, minor = (np.asarray(p, dtype=np.float64) for p in table[profiles])
+    rows = [np.roll(major, k) for k in range(12)] + [np.roll(minor, k) for k in range(12)]
+    t = np.asarray(rows)
+    return (t - t.mean(axis=1, keepdims=True)) / t.std(axis=1, keepdims=True)
+
+
+def correlations(chroma: np.ndarray, templates: np.ndarray) -> np.ndarray:
+    """(W, 24) Pearson correlation of each window profile with each key."""
+    z = chroma - chroma.mean(axis=1, keepdims=True)
+    z = z / np.maximum(chroma.std(axis=1, keepdims=True), 1e-9)
+    return z @ templates.T / 12.0
+
+
+def key_scores(sounding: np.ndarray, bass: np.ndarray, cfg: KeyConfig) -> np.ndarray:
+    """(W, 24) correlation of the sounding profile plus ``bass_weight`` x that of the bass profile."""
+    t_main, t_bass = key_templates(cfg.profiles), key_templates(cfg.profiles, bass=True)
+    return correlations(sounding, t_main) + cfg.bass_weight * correlations(bass, t_bass)
+
+
+def estimate_keys(
+    score: symusic.Score | None = None,
+    *,
+    notes: NoteArray | None = None,
+    beats: np.ndarray | None = None,
+    cfg: KeyConfig | None = None,
+) -> list[KeySegment]:
+    """Key segments covering the piece (one segment when the key never changes)."""
+    cfg = cfg or KeyConfig()
+    if notes is None:
+        if score is None:
+            raise ValueError("estimate_keys: pass a score or notes")
+        notes = score_notes(score)
+    if len(notes) == 0:
+        return []
+    if beats is None or len(beats) < 2:
+        beats = np.arange(0.0, notes.end + 0.5, 0.5)
+    period = float(np.median(np.diff(beats)))
+    edges = (
+        np.r_[0.0, beats[beats > 1e-3], beats[-1] + period]
+        if beats[0] > 1e-3
+        else np.r_[beats, beats[-1] + period]
+    )
+    sounding, bass = segment_chroma(notes, edges), bass_chroma(notes, edges)  # (S, 12) each
+    w = cfg.window_beats
+    n_win = int(np.ceil(len(sounding) / w))
+
+    def windows(x: np.ndarray) -> np.ndarray:  # (S, 12) -> (W, 12)
+        pad = np.zeros((n_win * w - len(x), 12))
+        return np.concatenate([x, pad]).reshape(n_win, w, 12).sum(axis=1)
+
+    win_s, win_b = windows(sounding), windows(bass)
+    total = key_scores(sounding.sum(axis=0, keepdims=True), bass.sum(axis=0, keepdims=True), cfg)[0]
+    corr = key_scores(win_s, win_b, cfg)
+    active = win_s.sum(axis=1) > 0
+    log_em = np.where(active[:, None], cfg.sharpness * corr, 0.0)
+    # The whole-piece profile is a prior on every window: a key change must be worth it locally.
+    log_em = log_em + cfg.sharpness * total[None, :] / max(n_win, 1) ** 0.5
+    path = _viterbi(log_em, cfg.change_penalty)
+    win_edges = np.r_[edges[::w], edges[-1]][: n_win + 1]
+    win_edges[-1] = edges[-1]
+    out: list[KeySegment] = []
+    start = 0
+    for t in range(1, n_win + 1):
+        if t == n_win or path[t] != path[start]:
+            out.append(
+                KeySegment(float(win_edges[start]), float(win_edges[t]), key_label(path[start]))
+            )
+            start = t
+    return out
+
+
+def global_key(segments: list[KeySegment]) -> str:
+    """The key covering the most time."""
+    if not segments:
+        return "N"
+    dur: dict[str, float] = {}
+    for s in segments:
+        dur[s.label] = dur.get(s.label, 0.0) + s.end - s.start
+    return max(dur, key=dur.__getitem__)
+
+
+def _viterbi(log_em: np.ndarray, penalty: float) -> np.ndarray:
+    T, K = log_em.shape
+    delta = log_em[0].copy()
+    back = np.zeros((T, K), dtype=np.int64)
+    for t in range(1, T):
+        best = int(np.argmax(delta))
+        switch = delta[best] - penalty
+        stay = delta >= switch
+        back[t] = np.where(stay, np.arange(K), best)
+        delta = np.where(stay, delta, switch) + log_em[t]
+    path = np.zeros(T, dtype=np.int64)
+    path[-1] = int(np.argmax(delta))
+    for t in range(T - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path
