@@ -12,6 +12,8 @@ from aurl.serving.scheduler import Job, QueueFullError, Scheduler
 
 OPTIONS = [
     {"tokens": 40, "seed": 1},
+    {"tokens": 30, "seed": 9},  # same filters as the row above: drawn in one group
+    {"tokens": 36, "seed": 6, "bars": None},
     {"tokens": 25, "seed": 2, "temperature": 0.7, "top_k": 20},
     {"bars": 1, "seed": 3, "key": "D:min", "top_p": 0.8},
     {"tokens": 90, "seed": 4, "repetition_penalty": 1.2, "min_p": 0.05},  # slides: context 64

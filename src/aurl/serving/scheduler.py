@@ -200,15 +200,16 @@ class Scheduler:
     def _sample_and_step(self) -> None:
         t0 = time.perf_counter()
         now = time.monotonic()
-        logits = self.pending
+        live = []
         keep: list[bool] = []
-        for row, job in enumerate(self.rows):
+        for job in self.rows:
             if job.cancelled or now > job.deadline:
                 job.error = "cancelled" if job.cancelled else "timeout"
-                keep.append(False)
-                continue
-            keep.append(self._sample_row(row, job, logits[row][None]))
-        self.stats.tokens += len(self.rows)
+            live.append(job.error is None)
+        tokens = self._draw_rows([r for r, ok in enumerate(live) if ok])
+        for row, ok in enumerate(live):
+            keep.append(ok and self._take(row, self.rows[row], tokens[row]))
+        self.stats.tokens += sum(live)
         # leave: move the last active rows into the holes so active rows stay 0..n-1
         for row in sorted((r for r, k in enumerate(keep) if not k), reverse=True):
             job = self.rows[row]
@@ -245,14 +246,31 @@ class Scheduler:
             # the new token is fed by row_step, so prefill only what precedes it
             self._prefill(row, job.history[-keep:-1])
 
-    def _sample_row(self, row: int, job: Job, logits: torch.Tensor) -> bool:
-        """Sample the row's next token from logits (1, V); True while the row goes on."""
-        logits = job.constraints.apply(logits)
-        hist = None
-        if job.plan.filters.get("repetition_penalty", 1.0) != 1.0:
-            hist = torch.tensor(job.history[-REPETITION_WINDOW:], dtype=torch.long)[None]
-        logits = apply_filters(logits, job.plan.filters, hist)
-        tok = int(_draw(torch.softmax(logits, dim=-1), [job.gen])[0])
+    def _draw_rows(self, rows: list[int]) -> dict[int, int]:
+        """Next token of each row in ``rows``: its own constraints, then filters and the draw for
+        rows that share filter settings together (as ``sample`` does for a batch of pieces; each
+        row still draws from its own generator, so its token does not depend on the others)."""
+        masked = {r: self.rows[r].constraints.apply(self.pending[r][None]) for r in rows}  # (1, V)
+        groups: dict[tuple, list[int]] = {}
+        for r in rows:
+            filters = self.rows[r].plan.filters
+            if filters.get("repetition_penalty", 1.0) != 1.0:  # needs this row's own history
+                groups[("row", r)] = [r]
+            else:
+                groups.setdefault(tuple(sorted(filters.items())), []).append(r)
+        out: dict[int, int] = {}
+        for members in groups.values():
+            job = self.rows[members[0]]
+            hist = None
+            if len(members) == 1 and job.plan.filters.get("repetition_penalty", 1.0) != 1.0:
+                hist = torch.tensor(job.history[-REPETITION_WINDOW:], dtype=torch.long)[None]
+            logits = apply_filters(torch.cat([masked[r] for r in members]), job.plan.filters, hist)
+            drawn = _draw(torch.softmax(logits, dim=-1), [self.rows[r].gen for r in members])
+            out.update(zip(members, drawn.tolist(), strict=True))
+        return out
+
+    def _take(self, row: int, job: Job, tok: int) -> bool:
+        """Append the row's sampled token; True while the row goes on."""
         job.new.append(tok)
         job.history.append(tok)
         job.constraints.advance([tok])
