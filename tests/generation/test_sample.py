@@ -151,9 +151,12 @@ def test_three_minute_piece_keeps_time_and_bars_continuous(tiny_bundle, tmp_path
     """--seconds 180 on a 64-token context: many slides of the cache, one unbroken timeline."""
     from aurl.generation.pipeline import DEFAULT_BPM, generate
 
+    # a voice limit keeps the random model's tokens per beat bounded: since every note must end
+    # within the note-length cap, unlimited random voices would spend the token budget on NoteOffs
     s = generate(
-        tiny_bundle, out=tmp_path, num=1, seconds=180.0, wav=False, musicxml=False, png=False
-    )
+        tiny_bundle, out=tmp_path, num=1, seconds=180.0, max_polyphony=4,
+        wav=False, musicxml=False, png=False,
+    )  # fmt: skip
     piece = s.pieces[0]
     assert (
         piece.new_tokens > 4 * tiny_bundle.model.cfg.max_seq_len

@@ -25,7 +25,7 @@ from aurl.generation.state import TIME_EPS, SeqState, Vocab, advance, replay
 
 __all__ = [
     "CONSTRAINTS", "SCALES", "TIME_EPS", "ConstraintSet", "Density", "EndAt", "EndNotBefore", "Grammar", "Key",
-    "PitchRange", "Polyphony", "Programs", "SeqState", "TimeSignature", "Vocab", "advance", "finish",
+    "MaxDuration", "PitchRange", "Polyphony", "Programs", "SeqState", "TimeSignature", "Vocab", "advance", "finish",
     "parse_key", "replay",
 ]  # fmt: skip
 
@@ -153,17 +153,61 @@ class Polyphony:
         return self.mask if s.num_sounding() >= self.max_notes else None
 
 
+class MaxDuration:
+    """No note outlives ``beats`` (the longest note of the training corpus, ``SampleConfig``).
+
+    REMI/TSD: Duration tokens longer than the cap are banned. MIDILike has no durations: a note
+    lasts until its NoteOff, and once its NoteOn has slid out of the model's context window nothing
+    tells the model the note is still open (issue 15 measured notes of 120-280 beats in 3-minute
+    pieces). So time may only advance up to the deadline of the oldest open note; at the deadline
+    note starts and meter changes are banned too, which leaves NoteOff (of that note or others) as
+    the only way on. A note may end up to one grid step before the cap when no TimeShift fits."""
+
+    strict = True
+
+    def __init__(self, vocab: Vocab, beats: float) -> None:
+        if not beats > 0:
+            raise ValueError(f"max note duration {beats} beats must be > 0")
+        self.vocab, self.beats = vocab, float(beats)
+        self.shift = vocab.mask_of("TimeShift")
+        self.stall = vocab.note_on | vocab.mask_of("TimeSig")
+        self.long = vocab.mask_of("Duration") & (vocab.beats > self.beats + TIME_EPS)
+
+    def banned(self, s: SeqState) -> np.ndarray | None:
+        if self.vocab.kind != "midilike":
+            return self.long
+        open_onsets = [on for on, end in s.sounding.values() if end == float("inf")]
+        if not open_onsets:
+            return None
+        left = min(open_onsets) + self.beats - s.time  # beats until the oldest note must end
+        out = self.shift & (self.vocab.beats > left + TIME_EPS)
+        if left <= TIME_EPS:
+            out = out | self.stall
+        return out
+
+
 class Programs:
     """Only these instruments (General MIDI programs), e.g. the tracks of the piece being infilled."""
 
     def __init__(self, vocab: Vocab, programs: Sequence[int], strict: bool = True) -> None:
         if not vocab.has("Program"):
             raise ValueError("this tokenizer has no Program tokens; cannot restrict instruments")
-        self.strict = strict
+        bad = [p for p in programs if not 0 <= int(p) <= 127]
+        if bad or not programs:
+            raise ValueError(f"programs {list(programs)} must be 1+ General MIDI programs 0-127")
+        self.strict, self.programs = strict, {int(p) for p in programs}
         self.mask = vocab.type_mask["Program"] & ~np.isin(vocab.program, list(programs))
+        self.note_on = vocab.note_on
 
     def banned(self, s: SeqState) -> np.ndarray:
         return self.mask
+
+    def gate(self, s: SeqState) -> np.ndarray | None:
+        """With change-only Program tokens a note may follow without one; in a program that is
+        not allowed (the implicit program 0 at the start, say) a note must wait for a Program
+        token. Applied after the look-ahead of :meth:`ConstraintSet.apply`, which would otherwise
+        read "no note may start" as "ban the Program tokens" too."""
+        return None if s.program in self.programs else self.note_on
 
 
 class Density:
@@ -262,7 +306,13 @@ CONSTRAINTS = {
     "time_signature": TimeSignature,
     "end_at": EndAt,
     "end_not_before": EndNotBefore,
+    "max_duration": MaxDuration,
 }
+
+
+def _gate(constraint, s: SeqState) -> np.ndarray | None:
+    gate = getattr(constraint, "gate", None)
+    return gate(s) if gate is not None else None
 
 
 def parse_key(key: str) -> tuple[int, ...]:
@@ -313,6 +363,7 @@ class ConstraintSet:
                 else:
                     soft[b] |= m
             hard[b] = grammar[b] | musical
+            gates = [g[:V] for c in self.constraints if (g := _gate(c, s)) is not None]
             if musical.any() and not (v.note_on[:V] & ~musical).any():
                 keep = hard[b].copy()
                 hard[b] |= opens
@@ -323,6 +374,8 @@ class ConstraintSet:
                         if on >= s.time - TIME_EPS:
                             continue  # began now: cannot end yet
                         hard[b, np.flatnonzero(v.program[:V] == prog)] = keep[v.program[:V] == prog]
+            for g in gates:
+                hard[b] |= g
         hard_t = torch.from_numpy(hard)
         dead = (hard_t | torch.isneginf(logits)).all(dim=-1)  # (B,)
         if dead.any():

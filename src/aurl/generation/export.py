@@ -51,6 +51,7 @@ def write_musicxml(midi_path: str | os.PathLike, path: str | os.PathLike) -> Pat
     import music21
 
     score = music21.converter.parse(str(midi_path), quantizePost=True)
+    _one_instrument_per_part(score)
     try:
         score = score.makeNotation()
     except (music21.exceptions21.Music21Exception, ValueError, IndexError) as err:
@@ -61,6 +62,24 @@ def write_musicxml(midi_path: str | os.PathLike, path: str | os.PathLike) -> Pat
         score.write("musicxml", fp=str(tmp))
 
     return _atomic(Path(path), write)
+
+
+def _one_instrument_per_part(score) -> None:
+    """Keep each part's first instrument, at its start, and drop the others.
+
+    music21's MIDI reader puts a second Instrument object inside the first voice of some parts
+    (e.g. "Acoustic Grand Piano" at the part and "Piano" in measure 1's voice); its MusicXML writer
+    then fails on later measures with "Instrument instance for note ... not found in
+    instrumentStream" (all five 3-minute pieces of issue 15). A track of ours has one program, so
+    one instrument per part is what the MIDI says anyway."""
+    import music21
+
+    for part in score.parts:
+        found = list(part.recurse().getElementsByClass(music21.instrument.Instrument))
+        for inst in found:
+            inst.activeSite.remove(inst)
+        if found:
+            part.insert(0, found[0])
 
 
 def _notes_in(score: symusic.Score, unit: str) -> list[dict[str, np.ndarray]]:

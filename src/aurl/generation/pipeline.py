@@ -13,14 +13,17 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import symusic
 
 from aurl.config import atomic_write_text
 from aurl.generation import constraints as C
 from aurl.generation.export import SOUNDFONT_HINT, export_piece
+from aurl.generation.options import check_options, parse_programs
 from aurl.generation.sample import StopRule, beam_search, sample, seconds_to_beats, steps_bar
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BPM = 96.0
 """Tempo when no prompt gives one: music21 writes the Bach chorales at 96 BPM (measured on
 bwv66.6), and the shipped model learned from those."""
+FALLBACK_NOTE_BEATS = 16.0
+"""Note-length cap for models trained before ``sample.max_note_beats`` was measured: four 4/4 bars
+(Bach's longest note is 12 beats, POP909's and MAESTRO's are well under 16)."""
 TOKENS_PER_BEAT_CAP = 64
 """Token budget per beat asked for (Bach averages ~18 tokens per beat), so a model that never
 advances time still stops."""
@@ -120,10 +126,17 @@ def build_constraints(
     soft: bool = False,
     end_beats: float | None = None,
     time_signature: str | None = None,
+    programs: tuple[int, ...] | None = None,
+    max_note_beats: float | None = None,
 ) -> C.ConstraintSet:
-    """The grammar plus the named constraints asked for (strict unless ``soft``)."""
+    """The grammar plus the named constraints asked for (strict unless ``soft``). The note-length
+    cap and the programs are always strict: they keep pieces decodable and in one instrument."""
     strict = not soft
     chosen: list = []
+    if max_note_beats:
+        chosen.append(C.MaxDuration(vocab, max_note_beats))
+    if programs and vocab.has("Program"):
+        chosen.append(C.Programs(vocab, programs))
     if key:
         chosen.append(C.Key(vocab, key, strict=strict))
     if pitch_range:
@@ -162,6 +175,13 @@ def _prompt_ids(
     while ids and ids[-1] == tokenizer.eos_id:
         ids.pop()
     return ids, score
+
+
+def _score_programs(score: symusic.Score | None) -> set[int]:
+    """Programs of the pitched tracks of a prompt (they may go on playing)."""
+    if score is None:
+        return set()
+    return {int(t.program) for t in score.tracks if not t.is_drum and len(t.notes)}
 
 
 def _tempo(score: symusic.Score | None) -> float:
@@ -234,11 +254,37 @@ def plan_generation(
     top_p: float = 0.95,
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
+    programs: Sequence[int] | None = None,
 ) -> Plan:
-    """Resolve :func:`generate`'s options (prompt, meter, length, filters) into a :class:`Plan`."""
+    """Resolve :func:`generate`'s options (prompt, meter, length, filters) into a :class:`Plan`.
+
+    Every option is checked first (:func:`aurl.generation.options.check_options`). What the
+    request leaves open comes from the corpus the model learned (``bundle.config.sample``,
+    measured at training): the note-length cap, the voice limit (``max_polyphony=0`` lifts it) and
+    the programs (the corpus's dominant ones plus the prompt's; ``programs`` replaces them)."""
+    check_options(
+        num=num, batch_size=batch_size, bars=bars, seconds=seconds, tokens=tokens, prompt=prompt,
+        key=key, pitch_range=pitch_range, max_polyphony=max_polyphony, density=density,
+        time_signature=time_signature, programs=programs, beam=beam, seed=seed,
+        temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty,
+    )  # fmt: skip
     tok = bundle.tokenizer
     vocab = C.Vocab.from_tokenizer(tok)
     prompt_ids, prompt_score = _prompt_ids(tok, prompt)
+    corpus = bundle.config.sample
+    max_note_beats = corpus.max_note_beats or FALLBACK_NOTE_BEATS
+    if max_polyphony is None:
+        max_polyphony = corpus.max_polyphony or None
+    if programs is None and corpus.programs:
+        programs = tuple(sorted({*corpus.programs, *_score_programs(prompt_score)}))
+    programs = tuple(programs) if programs else None
+    if programs and vocab.has("Program"):
+        state = C.replay(prompt_ids, vocab)
+        if state.program not in programs and state.phase in ("start", "event"):
+            # open in an allowed instrument: with change-only Program tokens the model would
+            # otherwise start in program 0, and a rarely seen Program token may never be drawn
+            prompt_ids = [*prompt_ids, int(np.flatnonzero(vocab.program == programs[0])[0])]
     bpm = _tempo(prompt_score)
     # one meter throughout, so --bars counts real bars: the prompt's (else 4/4) unless asked
     time_signature = time_signature or prompt_signature(prompt_ids, vocab, prompt_score)
@@ -277,6 +323,8 @@ def plan_generation(
         "density": density,
         "soft": soft,
         "time_signature": time_signature,
+        "programs": list(programs) if programs else None,
+        "max_note_beats": max_note_beats,
         "beam": beam,
         "batch_size": batch_size,
         "seed": seed,
@@ -293,6 +341,8 @@ def plan_generation(
         "soft": soft,
         "end_beats": end_beats,
         "time_signature": time_signature,
+        "programs": programs,
+        "max_note_beats": max_note_beats,
     }
     return Plan(
         tok, vocab, prompt_ids, bpm, time_signature, end_beats, max_new, filters, settings,
@@ -323,16 +373,13 @@ def generate(
     top_p: float = 0.95,
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
+    programs: Sequence[int] | None = None,
     wav: bool = True,
     musicxml: bool = True,
     png: bool = True,
     use_cache: bool = True,
 ) -> Summary:
     """Generate ``num`` pieces into ``out`` (``piece_XX.*`` + ``samples.json``)."""
-    if num < 1 or batch_size < 1:
-        raise ValueError(f"--num {num} and --batch-size {batch_size} must be >= 1")
-    if sum(x is not None for x in (bars, seconds, tokens)) > 1:
-        raise ValueError("give at most one of --bars, --seconds, --tokens")
     if beam > 1 and num > 1:
         log.warning(
             "beam search is deterministic: all %d pieces will be the same; use --num 1", num
@@ -359,6 +406,7 @@ def generate(
         top_p=top_p,
         min_p=min_p,
         repetition_penalty=repetition_penalty,
+        programs=programs,
     )
     vocab, prompt_ids, bpm, end_beats = plan.vocab, plan.prompt_ids, plan.bpm, plan.end_beats
     max_new, filters, settings = plan.max_new, plan.filters, plan.settings
@@ -450,6 +498,8 @@ def _reproduce_command(bundle, settings: dict, out: Path, seed: int) -> str:
         value = settings.get(name)
         if value is not None and not (name == "beam" and value == 1):
             flags.append(f"--{name.replace('_', '-')} {value}")
+    if settings.get("programs"):
+        flags.append("--programs " + ",".join(map(str, settings["programs"])))
     if settings.get("pitch_range"):
         flags.append("--pitch-range {}-{}".format(*settings["pitch_range"]))
     if settings.get("soft"):
@@ -482,26 +532,25 @@ def _filters_from_args(args: argparse.Namespace) -> dict:
 
 
 def generate_from_args(args: argparse.Namespace) -> Summary:
-    """``aurl generate`` flags -> :func:`generate`."""
-    bundle = load_model(args.model)
-    return generate(
-        bundle,
-        out=args.out,
-        num=args.num,
-        bars=args.bars,
-        seconds=args.seconds,
-        tokens=args.tokens,
-        prompt=args.prompt,
-        key=args.key,
-        pitch_range=parse_range(args.pitch_range, "--pitch-range") if args.pitch_range else None,
-        max_polyphony=args.max_polyphony,
-        density=args.density,
-        soft=args.soft,
-        time_signature=getattr(args, "time_signature", None),
-        beam=args.beam,
-        batch_size=args.batch_size,
+    """``aurl generate`` flags -> :func:`generate` (options checked before the model loads)."""
+    options = {
+        "num": args.num,
+        "bars": args.bars,
+        "seconds": args.seconds,
+        "tokens": args.tokens,
+        "prompt": args.prompt,
+        "key": args.key,
+        "pitch_range": parse_range(args.pitch_range, "--pitch-range") if args.pitch_range else None,
+        "max_polyphony": args.max_polyphony,
+        "density": args.density,
+        "time_signature": getattr(args, "time_signature", None),
+        "programs": parse_programs(args.programs) if getattr(args, "programs", None) else None,
+        "beam": args.beam,
+        "batch_size": args.batch_size,
         **_filters_from_args(args),
-    )
+    }
+    check_options(**{k: v for k, v in options.items() if k != "wav"})
+    return generate(load_model(args.model), out=args.out, soft=args.soft, **options)
 
 
 def infill_from_args(args: argparse.Namespace) -> Summary:

@@ -1,0 +1,133 @@
+"""Generation respects its corpus: note-length cap, one instrument, voice limit, checked options.
+
+The tiny bundle has random weights, so it holds notes, switches programs and piles up voices at
+will: the worst case for these rules (issue 15)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import symusic
+
+from aurl.cli import main
+from aurl.config import TokenizerConfig
+from aurl.data.tokenizers import MusicTokenizer
+from aurl.generation import pipeline
+from aurl.generation.corpus_stats import measure
+from aurl.generation.options import check_options
+from aurl.generation.state import Vocab
+
+FAST = {"wav": False, "musicxml": False, "png": False}
+
+
+def with_sample(bundle, **sample):
+    cfg = dataclasses.replace(
+        bundle.config, sample=dataclasses.replace(bundle.config.sample, **sample)
+    )
+    return dataclasses.replace(bundle, config=cfg)
+
+
+def durations_and_programs(path) -> tuple[np.ndarray, set[int]]:
+    score = symusic.Score(str(path)).to("quarter")
+    durs = [t.notes.numpy()["duration"] for t in score.tracks if len(t.notes)]
+    return np.concatenate(durs) if durs else np.zeros(0), {t.program for t in score.tracks}
+
+
+@pytest.mark.parametrize("bundle_name", ["tiny_bundle", "remi_bundle"])
+def test_no_note_outlives_the_cap_over_many_seeds(bundle_name, request, tmp_path):
+    bundle = with_sample(request.getfixturevalue(bundle_name), max_note_beats=1.0)
+    summary = pipeline.generate(bundle, out=tmp_path, num=8, bars=2, batch_size=8, seed=5, **FAST)
+    longest = 0.0
+    for piece in summary.pieces:
+        durs, _ = durations_and_programs(piece.files["midi"])
+        longest = max(longest, float(durs.max()) if len(durs) else 0.0)
+    assert 0.0 < longest <= 1.0 + 1e-6
+
+
+def test_without_the_cap_random_weights_hold_notes_longer(tiny_bundle, tmp_path):
+    # the control for the test above: the same seeds with a loose cap do produce longer notes
+    bundle = with_sample(tiny_bundle, max_note_beats=64.0)
+    summary = pipeline.generate(bundle, out=tmp_path, num=8, bars=2, batch_size=8, seed=5, **FAST)
+    longest = max(
+        float(durations_and_programs(p.files["midi"])[0].max(initial=0.0)) for p in summary.pieces
+    )
+    assert longest > 1.0
+
+
+def test_pieces_keep_the_corpus_instrument_unless_asked(tiny_bundle, tmp_path):
+    free = pipeline.generate(tiny_bundle, out=tmp_path / "free", num=6, bars=2, batch_size=6, **FAST)
+    free_programs = [durations_and_programs(p.files["midi"])[1] for p in free.pieces]
+    assert any(len(p) > 1 or p != {0} for p in free_programs)  # random weights do drift
+
+    bundle = with_sample(tiny_bundle, programs=(0,))
+    kept = pipeline.generate(bundle, out=tmp_path / "kept", num=6, bars=2, batch_size=6, **FAST)
+    assert all(durations_and_programs(p.files["midi"])[1] == {0} for p in kept.pieces)
+
+    asked = pipeline.generate(
+        bundle, out=tmp_path / "asked", num=4, bars=2, batch_size=4, programs=(24,), **FAST
+    )
+    assert all(durations_and_programs(p.files["midi"])[1] == {24} for p in asked.pieces)
+
+
+def test_voice_limit_defaults_to_the_corpus_and_zero_lifts_it(tiny_bundle, tmp_path):
+    bundle = with_sample(tiny_bundle, max_polyphony=2)
+    plan = pipeline.plan_generation(bundle, bars=2)
+    assert plan.settings["max_polyphony"] == 2
+    assert pipeline.plan_generation(bundle, bars=2, max_polyphony=0).settings["max_polyphony"] == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("bars", -2, "--bars -2 must be an integer from 1 to"),
+        ("seconds", 0.0, "--seconds 0.0 must be a number in (0"),
+        ("tokens", 0, "--tokens 0 must be an integer"),
+        ("temperature", 0.0, "--temperature 0.0 must be a number in (0"),
+        ("top_p", 1.5, "--top-p 1.5 must be a number in (0, 1]"),
+        ("min_p", -0.1, "--min-p -0.1 must be"),
+        ("top_k", -1, "--top-k -1 must be"),
+        ("num", 0, "--num 0 must be"),
+        ("beam", 0, "--beam 0 must be"),
+        ("seed", -1, "--seed -1 must be"),
+        ("max_polyphony", -3, "--max-polyphony -3 must be"),
+        ("density", 0.0, "--density 0.0 must be"),
+        ("key", "H:maj", "key 'H:maj' must look like"),
+        ("time_signature", "3/5", "--time-signature '3/5' must look like"),
+        ("programs", (200,), "--programs 200 must be"),
+        ("pitch_range", (90, 40), "--pitch-range 90-40 must satisfy"),
+        ("prompt", "/nonexistent.mid", "--prompt /nonexistent.mid: no such file"),
+    ],
+)
+def test_every_option_is_checked_with_a_message_naming_it(option, value, message):
+    with pytest.raises(ValueError) as err:
+        check_options(**{option: value})
+    assert message in str(err.value)
+
+
+def test_cli_rejects_negative_bars_in_one_line_before_loading(tmp_path, capsys):
+    code = main(["generate", "--bars", "-2", "--model", str(tmp_path / "none"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "aurl generate: error: --bars -2 must be an integer from 1 to 2000"
+
+
+def test_corpus_stats_on_a_hand_made_piece():
+    tok = MusicTokenizer(TokenizerConfig(kind="midilike"))
+    score = symusic.Score(480)
+    piano = symusic.Track(program=0)
+    # three voices: a 6-beat bass under two 1-beat notes, then a lone 2-beat note
+    piano.notes.append(symusic.Note(0, 480 * 6, 48, 90))
+    piano.notes.append(symusic.Note(0, 480, 60, 90))
+    piano.notes.append(symusic.Note(0, 480, 64, 90))
+    piano.notes.append(symusic.Note(480 * 6, 480 * 2, 62, 90))
+    flute = symusic.Track(program=73)
+    flute.notes.append(symusic.Note(480 * 8, 480, 72, 90))
+    score.tracks.extend([piano, flute])
+    stats = measure([tok.encode(score)], Vocab.from_tokenizer(tok))
+    assert stats.notes == 5
+    assert stats.max_note_beats == pytest.approx(6.0)
+    assert stats.max_polyphony == 3
+    assert stats.programs == (0, 73)  # both play >= 5 % of the notes
+    assert stats.program_shares[0] == pytest.approx(0.8)
