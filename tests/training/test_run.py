@@ -10,8 +10,19 @@ from aurl.training import run
 from aurl.training.checkpoint_io import load_plain
 
 
-def test_precision_auto_is_bf16_on_cuda_with_bf16_else_fp32():
-    assert run.resolve_precision("auto", cuda=False) == "32-true"
+AMX_CPUINFO = "processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+AVX512_CPUINFO = "processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16\n"
+
+
+def test_cpu_bf16_only_with_amx_tiles():
+    assert run.cpu_has_fast_bf16(AMX_CPUINFO) is True
+    assert run.cpu_has_fast_bf16(AVX512_CPUINFO) is False  # bf16 dot products alone: not faster
+    assert run.cpu_has_fast_bf16("") is False
+
+
+def test_precision_auto_is_bf16_on_cuda_with_bf16_or_amx_cpu_else_fp32():
+    assert run.resolve_precision("auto", cuda=False, cpu_bf16=False) == "32-true"
+    assert run.resolve_precision("auto", cuda=False, cpu_bf16=True) == "bf16-mixed"
     assert run.resolve_precision("auto", cuda=True, bf16=True) == "bf16-mixed"
     assert run.resolve_precision("auto", cuda=True, bf16=False) == "16-mixed"
     assert run.resolve_precision("bf16-mixed", cuda=False) == "bf16-mixed"
