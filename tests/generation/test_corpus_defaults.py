@@ -57,7 +57,9 @@ def test_without_the_cap_random_weights_hold_notes_longer(tiny_bundle, tmp_path)
 
 
 def test_pieces_keep_the_corpus_instrument_unless_asked(tiny_bundle, tmp_path):
-    free = pipeline.generate(tiny_bundle, out=tmp_path / "free", num=6, bars=2, batch_size=6, **FAST)
+    free = pipeline.generate(
+        tiny_bundle, out=tmp_path / "free", num=6, bars=2, batch_size=6, **FAST
+    )
     free_programs = [durations_and_programs(p.files["midi"])[1] for p in free.pieces]
     assert any(len(p) > 1 or p != {0} for p in free_programs)  # random weights do drift
 
@@ -107,7 +109,9 @@ def test_every_option_is_checked_with_a_message_naming_it(option, value, message
 
 
 def test_cli_rejects_negative_bars_in_one_line_before_loading(tmp_path, capsys):
-    code = main(["generate", "--bars", "-2", "--model", str(tmp_path / "none"), "--out", str(tmp_path)])
+    code = main(
+        ["generate", "--bars", "-2", "--model", str(tmp_path / "none"), "--out", str(tmp_path)]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err == "aurl generate: error: --bars -2 must be an integer from 1 to 2000"

@@ -9,7 +9,6 @@ from pytorch_lightning.callbacks import Callback
 from aurl.training import run
 from aurl.training.checkpoint_io import load_plain
 
-
 AMX_CPUINFO = "processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
 AVX512_CPUINFO = "processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16\n"
 

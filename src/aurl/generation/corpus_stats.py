@@ -88,7 +88,7 @@ def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
         pieces=n_pieces,
         notes=notes,
         max_note_beats=float(arr.max()),
-        max_polyphony=int(math.ceil(np.percentile(poly_max, POLYPHONY_PERCENTILE))),
+        max_polyphony=math.ceil(np.percentile(poly_max, POLYPHONY_PERCENTILE)),
         programs=dominant or tuple(p for p, _ in Counter(pitched).most_common(1)),
         program_shares=shares,
         note_beats_p999=float(np.percentile(arr, 99.9)),

@@ -32,9 +32,7 @@ def _int_in(name: str, value: object, low: int, high: int) -> None:
         raise ValueError(f"{_flag(name)} {value!r} must be an integer from {low} to {high}")
 
 
-def _float_in(
-    name: str, value: object, low: float, high: float, *, low_open: bool = False
-) -> None:
+def _float_in(name: str, value: object, low: float, high: float, *, low_open: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (low < value if low_open else low <= value) and value <= high  # type: ignore[operator]
     if not ok:
@@ -89,7 +87,9 @@ def check_options(
         _float_in("density", density, 0.0, 64.0, low_open=True)
     if time_signature is not None:
         num_, _, den = time_signature.partition("/")
-        if not (num_.isdigit() and den.isdigit() and int(num_) >= 1 and int(den) in (1, 2, 4, 8, 16)):
+        if not (
+            num_.isdigit() and den.isdigit() and int(num_) >= 1 and int(den) in (1, 2, 4, 8, 16)
+        ):
             raise ValueError(f"--time-signature {time_signature!r} must look like 3/4 or 6/8")
     if programs is not None:
         if not programs:
@@ -110,7 +110,9 @@ def parse_programs(text: str) -> tuple[int, ...]:
     try:
         programs = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
     except ValueError:
-        raise ValueError(f"--programs {text!r} must be General MIDI programs like 0 or 0,24") from None
+        raise ValueError(
+            f"--programs {text!r} must be General MIDI programs like 0 or 0,24"
+        ) from None
     if not programs:
         raise ValueError(f"--programs {text!r} must name at least one program")
     return programs
