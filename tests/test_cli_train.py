@@ -53,6 +53,35 @@ def test_export_cli_writes_a_loadable_bundle(tiny_run, tmp_path):
     assert load_bundle(tmp_path / "m").config.name == "tiny"
 
 
+def test_export_average_writes_the_mean_of_the_kept_checkpoints(tiny_run, tmp_path):
+    import torch
+
+    from aurl.bundle import load_bundle, load_checkpoint_model
+
+    kept = sorted((tiny_run / "checkpoints").glob("step-*.ckpt"))
+    assert [p.name for p in kept] == ["step-000010.ckpt", "step-000020.ckpt"]
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "avg"), "--average", "2"]) == 0
+    averaged = load_bundle(tmp_path / "avg").model.state_dict()
+    a, b = (load_checkpoint_model(p).model.state_dict() for p in kept)
+    name = "blocks.0.mlp.up.weight" if "blocks.0.mlp.up.weight" in a else next(iter(a))
+    assert not torch.equal(a[name], b[name])
+    assert torch.allclose(averaged[name], (a[name] + b[name]) / 2, atol=1e-6)
+    card = (tmp_path / "avg" / "MODEL_CARD.md").read_text()
+    assert "averaged vs" in card and "step-000020.ckpt alone" in card
+
+
+def test_export_average_asks_for_kept_checkpoints(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "x"), "--average", "5"]) == 2
+    assert "trainer.keep_checkpoints=5" in capsys.readouterr().err
+
+
+def test_train_records_the_corpus_generation_defaults(tiny_run):
+    from aurl.config import load_config
+
+    sample = load_config(tiny_run / "config.yaml").sample
+    assert sample.max_note_beats > 0 and sample.max_polyphony >= 1 and sample.programs
+
+
 def test_train_refuses_to_overwrite_an_existing_run(tiny_run, tiny_data, capsys):
     code = main(["train", "--config", str(TINY), "--data", str(tiny_data), "--out", str(tiny_run)])
     assert code == 2

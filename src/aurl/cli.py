@@ -200,12 +200,22 @@ def _add_export(p: argparse.ArgumentParser) -> None:
         choices=["float32", "float16", "bfloat16"],
         help="storage type of the weights (float16 halves the file; loading casts back to fp32)",
     )
+    p.add_argument(
+        "--average",
+        type=int,
+        default=0,
+        metavar="K",
+        help="average the weights of the last K kept checkpoints (train with "
+        "trainer.keep_checkpoints=K); reports val bits/note against the newest alone",
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from aurl.training import export
 
-    path = export.export_run(args.run, args.out, which=args.checkpoint, weights_dtype=args.dtype)
+    path = export.export_run(
+        args.run, args.out, which=args.checkpoint, weights_dtype=args.dtype, average=args.average
+    )
     print(f"exported {args.run} -> {path}")
     return 0
 

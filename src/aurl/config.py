@@ -288,6 +288,9 @@ class TrainerConfig:
     val_every_steps: int = 200
     val_batches: int = 20
     checkpoint_every_steps: int = 200
+    keep_checkpoints: int = 0
+    """Also keep the last K periodic checkpoints (checkpoints/step-NNNNNN.ckpt) so that
+    `aurl export RUN --average K` can average their weights; 0 keeps only last and best."""
     early_stopping_patience: int = 0
     """Validations without improvement before stopping; 0 disables."""
     swa: bool = False
@@ -307,6 +310,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         _check_positive("trainer.max_steps", self.max_steps)
         _check_choice("trainer.compile", self.compile, ("auto", "on", "off"))
+        _check_positive("trainer.keep_checkpoints", self.keep_checkpoints, allow_zero=True)
         if self.eval_samples < 0 or self.eval_samples == 1:
             raise ValueError(f"trainer.eval_samples={self.eval_samples} must be 0 (off) or >= 2")
 

@@ -343,6 +343,11 @@ def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> pl.Trainer:
             dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1,
             enable_version_counter=False, auto_insert_metric_name=False,
         ),
+        *([ModelCheckpoint(
+            dirpath=ckpt_dir, filename="step-{step:06d}", monitor="step", mode="max",
+            save_top_k=t.keep_checkpoints, every_n_train_steps=t.checkpoint_every_steps,
+            auto_insert_metric_name=False, enable_version_counter=False,
+        )] if t.keep_checkpoints else []),  # the last K, for `aurl export --average K`
         _FinalCheckpoint(ckpt_dir / "last.ckpt"),
         _RNGState(),
         ThroughputMonitor(t.log_every_steps),
