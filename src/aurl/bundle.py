@@ -162,7 +162,7 @@ def model_state_from_checkpoint(checkpoint: dict, source: Path) -> dict[str, tor
 
 def load_checkpoint_model(ckpt: Path, device: str | torch.device = "cpu") -> Bundle:
     """Build the model of a run from one of its checkpoints (``weights_only=True``)."""
-    from aurl.training.checkpoint_io import load_plain
+    from aurl.plain import load_plain
 
     checkpoint = load_plain(ckpt, map_location="cpu")
     raw_cfg = checkpoint.get("aurl_config")

@@ -15,57 +15,23 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from aurl.atomic import atomic_path
+from aurl.plain import check_plain, load_plain
 
 log = logging.getLogger(__name__)
 
-_PLAIN = (str, int, float, bool, type(None), torch.Tensor, torch.dtype, torch.Size)
-
-
-def check_plain(obj: Any, where: str = "checkpoint") -> None:
-    """Raise ``ValueError`` naming the first value that ``torch.load(weights_only=True)`` would reject."""
-    if isinstance(obj, _PLAIN):
-        return
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            if not isinstance(k, (str, int, float, bool)):
-                raise ValueError(f"{where}: key {k!r} of type {type(k).__name__} is not plain")
-            check_plain(v, f"{where}[{k!r}]")
-        return
-    if isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            check_plain(v, f"{where}[{i}]")
-        return
-    raise ValueError(
-        f"{where} holds a {type(obj).__module__}.{type(obj).__name__}; only tensors and plain "
-        "Python values may be checkpointed (convert it to a dict/str first)"
-    )
+__all__ = ["AtomicCheckpointIO", "atomic_torch_save", "check_plain", "load_plain"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary sibling, fsync, then rename over ``path``."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)
-
-
-def load_plain(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; errors name the file and what to do."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError or EOFError here
-        raise ValueError(
-            f"{path}: cannot be loaded as a plain checkpoint ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); it is truncated or holds pickled objects"
-        ) from exc
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
