@@ -92,10 +92,12 @@ def default_model() -> ChordModel:
 def beat_features(notes: NoteArray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per segment: (S, 36) profiles [sounding, onsets, bass] each L1-normalised; (S, 3) N-features."""
     dur = segment_chroma(notes, bounds)
-    starts = (notes.onset[None, :] >= bounds[:-1, None]) & (notes.onset[None, :] < bounds[1:, None])
-    onehot = np.zeros((len(notes), 12))
-    onehot[np.arange(len(notes)), notes.pitch % 12] = 1.0
-    ons = (starts * (notes.velocity / 127.0)[None, :]) @ onehot
+    seg = np.searchsorted(bounds, notes.onset, side="right") - 1  # segment of each onset
+    inside = (seg >= 0) & (seg < len(bounds) - 1)
+    ons = np.zeros((len(bounds) - 1) * 12)
+    np.add.at(ons, seg[inside] * 12 + notes.pitch[inside] % 12, notes.velocity[inside] / 127.0)
+    ons = ons.reshape(-1, 12)
+    n_starts = np.bincount(seg[inside], minlength=len(bounds) - 1)
     bass = bass_chroma(notes, bounds)
     length = np.diff(bounds)[:, None]
     feats = np.concatenate([_l1(dur), _l1(ons), _l1(bass)], axis=1)
@@ -104,7 +106,7 @@ def beat_features(notes: NoteArray, bounds: np.ndarray) -> tuple[np.ndarray, np.
         [
             np.log1p(energy),
             _l1(dur).max(axis=1, keepdims=True),
-            np.log1p(starts.sum(axis=1))[:, None],
+            np.log1p(n_starts)[:, None],
         ],
         axis=1,
     )

@@ -58,23 +58,46 @@ def score_notes(score: symusic.Score) -> NoteArray:
     return NoteArray(onset, onset + np.maximum(dur, MIN_DURATION_S), pitch, np.maximum(vel, 1))
 
 
+def overlap_pairs(
+    notes: NoteArray, bounds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(segment, note, seconds) for every note sounding inside segment ``[bounds[s], bounds[s+1])``.
+
+    Sparse: a note touches only the few segments it spans, so this is O(notes), not O(S x N).
+    """
+    n_seg = len(bounds) - 1
+    first = np.clip(np.searchsorted(bounds, notes.onset, side="right") - 1, 0, n_seg)
+    last = np.clip(np.searchsorted(bounds, notes.offset, side="left") - 1, -1, n_seg - 1)
+    count = np.maximum(last - first + 1, 0)
+    note = np.repeat(np.arange(len(notes)), count)
+    seg = np.repeat(first, count) + (
+        np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    )
+    ov = np.minimum(bounds[seg + 1], notes.offset[note]) - np.maximum(
+        bounds[seg], notes.onset[note]
+    )
+    keep = ov > 0
+    return seg[keep], note[keep], ov[keep]
+
+
 def overlap_matrix(notes: NoteArray, bounds: np.ndarray) -> np.ndarray:
-    """(S, N) seconds each note sounds inside each segment ``[bounds[s], bounds[s+1])``."""
-    lo = np.maximum(bounds[:-1, None], notes.onset[None, :])
-    hi = np.minimum(bounds[1:, None], notes.offset[None, :])
-    return np.clip(hi - lo, 0.0, None)
+    """(S, N) seconds each note sounds inside each segment (dense; for small inputs and tests)."""
+    seg, note, ov = overlap_pairs(notes, bounds)
+    out = np.zeros((len(bounds) - 1, len(notes)))
+    out[seg, note] = ov
+    return out
 
 
 def segment_chroma(
     notes: NoteArray, bounds: np.ndarray, weights: np.ndarray | None = None
 ) -> np.ndarray:
     """(S, 12) duration-weighted pitch-class profile of each segment (not normalised)."""
-    ov = overlap_matrix(notes, bounds)  # (S, N)
+    seg, note, ov = overlap_pairs(notes, bounds)
     if weights is not None:
-        ov = ov * weights[None, :]
-    onehot = np.zeros((len(notes), 12))
-    onehot[np.arange(len(notes)), notes.pitch % 12] = 1.0
-    return ov @ onehot
+        ov = ov * weights[note]
+    out = np.zeros((len(bounds) - 1) * 12)
+    np.add.at(out, seg * 12 + notes.pitch[note] % 12, ov)
+    return out.reshape(-1, 12)
 
 
 def bass_chroma(notes: NoteArray, bounds: np.ndarray) -> np.ndarray:
@@ -83,11 +106,11 @@ def bass_chroma(notes: NoteArray, bounds: np.ndarray) -> np.ndarray:
     Weight is ``exp(-(pitch - lowest) / 4)`` per segment, so the lowest note dominates and notes a
     few semitones above it still count (a bass line and its octave doubling).
     """
-    ov = overlap_matrix(notes, bounds)  # (S, N)
-    sounding = ov > 0
-    p = np.where(sounding, notes.pitch[None, :], 999)
-    lowest = p.min(axis=1, keepdims=True)
-    w = np.where(sounding, np.exp(-(p - lowest) / 4.0), 0.0) * ov
-    onehot = np.zeros((len(notes), 12))
-    onehot[np.arange(len(notes)), notes.pitch % 12] = 1.0
-    return w @ onehot
+    seg, note, ov = overlap_pairs(notes, bounds)
+    lowest = np.full(len(bounds) - 1, 999)
+    p = notes.pitch[note]
+    np.minimum.at(lowest, seg, p)
+    w = np.exp(-(p - lowest[seg]) / 4.0) * ov
+    out = np.zeros((len(bounds) - 1) * 12)
+    np.add.at(out, seg * 12 + p % 12, w)
+    return out.reshape(-1, 12)

@@ -1,0 +1,182 @@
+"""The melody line of a polyphonic piece, found from the music (never from track names).
+
+Each note gets 14 features of salience and context (register against what sounds around it, rank
+in its onset group, loudness against its neighbours, duration, leaps to the neighbouring top notes);
+a small two-layer network (``data/melody_model.json``, fitted on POP909 001-700 with
+``benchmarks/fit_melody_model.py``) gives P(melody) per note; the line keeps, in each onset group,
+the most probable note when its probability passes ``threshold``, so it is monophonic.
+The skyline (highest note of each onset group) is :func:`skyline`, the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+import symusic
+
+from aurl.analysis.notes import NoteArray, score_notes
+
+GROUP_S = 0.03  # onsets closer than this form one group (a chord struck together)
+LOCAL_S = 2.0  # half-width of the context window for register and loudness
+N_FEATURES = 14
+
+
+@dataclass(frozen=True)
+class MelodyModel:
+    w1: np.ndarray  # (H, 14)
+    b1: np.ndarray  # (H,)
+    w2: np.ndarray  # (H,)
+    b2: float
+    mean: np.ndarray  # (14,) feature standardisation
+    std: np.ndarray  # (14,)
+    threshold: float  # minimum P(melody) for a note to join the line
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MelodyModel:
+        a = {k: np.asarray(d[k], dtype=np.float64) for k in ("w1", "b1", "w2", "mean", "std")}
+        return cls(b2=float(d["b2"]), threshold=float(d["threshold"]), **a)
+
+
+@lru_cache(maxsize=1)
+def default_model() -> MelodyModel:
+    text = resources.files("aurl.analysis").joinpath("data/melody_model.json").read_text()
+    return MelodyModel.from_dict(json.loads(text))
+
+
+def onset_groups(notes: NoteArray) -> np.ndarray:
+    """(N,) group index: notes whose onsets chain within :data:`GROUP_S` share a group."""
+    if len(notes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.r_[0, np.cumsum(np.diff(notes.onset) > GROUP_S)]
+
+
+def _window_mean(t: np.ndarray, x: np.ndarray, at: np.ndarray, half: float) -> np.ndarray:
+    """Mean of x over the points t within +-half of each ``at`` (t sorted)."""
+    c = np.r_[0.0, np.cumsum(x)]
+    lo = np.searchsorted(t, at - half)
+    hi = np.searchsorted(t, at + half, side="right")
+    return (c[hi] - c[lo]) / np.maximum(hi - lo, 1)
+
+
+def note_features(notes: NoteArray) -> np.ndarray:
+    """(N, 14) per-note features (see the module docstring)."""
+    n = len(notes)
+    g = onset_groups(notes)
+    n_groups = int(g[-1]) + 1
+    p = notes.pitch.astype(np.float64)
+    v = notes.velocity.astype(np.float64)
+    starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
+    g_top = np.maximum.reduceat(p, starts)  # (G,)
+    g_low = np.minimum.reduceat(p, starts)
+    g_size = np.diff(np.r_[starts, n])
+    g_vmax = np.maximum.reduceat(v, starts)
+    # Rank from the top inside the group (notes are sorted by pitch within an onset).
+    rank_top = g_top[g] - p
+    order_in = np.arange(n) - starts[g]
+    rank_idx = g_size[g] - 1 - order_in  # 0 = highest pitch of the group
+    # Highest pitch still sounding (from earlier groups) at each group's onset.
+    g_time = notes.onset[starts]
+    held_max = np.full(n_groups, -1.0)
+    for k in range(n_groups):
+        lo = np.searchsorted(notes.onset, g_time[k] - 8.0)
+        sl = slice(lo, starts[k])
+        mask = notes.offset[sl] > g_time[k] + 0.05
+        if mask.any():
+            held_max[k] = p[sl][mask].max()
+    above_held = np.where(held_max[g] >= 0, p - held_max[g], 12.0)
+    local_top = _window_mean(g_time, g_top, notes.onset, LOCAL_S)
+    local_vel = _window_mean(notes.onset, v, notes.onset, LOCAL_S)
+    local_pitch = _window_mean(notes.onset, p, notes.onset, LOCAL_S)
+    prev_top = np.r_[g_top[0], g_top[:-1]][g]
+    next_top = np.r_[g_top[1:], g_top[-1]][g]
+    dur = notes.offset - notes.onset
+    gap_next = np.r_[g_time[1:] - g_time[:-1], 1.0][g]
+    f = np.stack(
+        [
+            (p - 60) / 12,
+            np.log(dur + 1e-3),
+            v / 127,
+            (v - g_vmax[g]) / 20,
+            (v - local_vel) / 20,
+            rank_top / 12,
+            np.minimum(rank_idx, 4),
+            np.log(g_size[g]),
+            (p - g_low[g]) / 12,
+            np.clip(above_held, -24, 12) / 12,
+            (p - local_top) / 12,
+            (p - local_pitch) / 12,
+            np.clip(np.abs(p - prev_top) + np.abs(p - next_top), 0, 36) / 12,
+            np.log(gap_next + 1e-3),
+        ],
+        axis=1,
+    )
+    return f
+
+
+def melody_probability(notes: NoteArray, model: MelodyModel | None = None) -> np.ndarray:
+    """(N,) P(note belongs to the melody)."""
+    if len(notes) == 0:
+        return np.zeros(0)
+    model = model or default_model()
+    x = (note_features(notes) - model.mean) / model.std
+    h = np.maximum(x @ model.w1.T + model.b1, 0.0)
+    return 1.0 / (1.0 + np.exp(-(h @ model.w2 + model.b2)))
+
+
+@dataclass(frozen=True)
+class MelodyNote:
+    start: float
+    end: float
+    pitch: int
+
+
+def extract_melody(
+    score: symusic.Score | None = None,
+    *,
+    notes: NoteArray | None = None,
+    model: MelodyModel | None = None,
+) -> np.ndarray:
+    """Indices (into ``notes``) of the melody: one note per onset group at most, monophonic."""
+    if notes is None:
+        if score is None:
+            raise ValueError("extract_melody: pass a score or notes")
+        notes = score_notes(score)
+    if len(notes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    model = model or default_model()
+    prob = melody_probability(notes, model)
+    g = onset_groups(notes)
+    # Best note per group: sort by (group, prob) and take the last of each group.
+    order = np.lexsort((prob, g))
+    last = np.r_[np.flatnonzero(np.diff(g[order])), len(order) - 1]
+    best = order[last]
+    return best[prob[best] >= model.threshold]
+
+
+def skyline(notes: NoteArray) -> np.ndarray:
+    """Indices of the highest note of each onset group (the baseline melody)."""
+    if len(notes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    g = onset_groups(notes)
+    order = np.lexsort((notes.pitch, g))
+    return order[np.r_[np.flatnonzero(np.diff(g[order])), len(order) - 1]]
+
+
+def melody_notes(notes: NoteArray, idx: np.ndarray) -> list[MelodyNote]:
+    """The chosen notes as a line: each ends at the latest when the next one starts."""
+    out: list[MelodyNote] = []
+    idx = np.sort(idx)
+    for k, i in enumerate(idx):
+        end = float(notes.offset[i])
+        if k + 1 < len(idx):
+            end = min(end, float(notes.onset[idx[k + 1]]))
+        out.append(
+            MelodyNote(
+                float(notes.onset[i]), max(end, float(notes.onset[i]) + 1e-3), int(notes.pitch[i])
+            )
+        )
+    return out
