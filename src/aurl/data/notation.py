@@ -112,6 +112,7 @@ def read_notation(path: str | os.PathLike) -> symusic.Score:
             raise NotationError("partitura found no parts")
         unfolded = []
         for part in parts:
+            _fix_ending_numbers(part)
             try:
                 # ignore_leaps=False: no repeats after a da capo / dal segno / coda jump
                 unfolded.append(
@@ -133,6 +134,20 @@ def read_notation(path: str | os.PathLike) -> symusic.Score:
     if score.note_num() == 0:
         raise NotationError("partitura found no notes")
     return score
+
+
+def _fix_ending_numbers(part) -> None:
+    """Give an ending bracket with no usable number (``<ending type="stop" number=""/>``, a stop
+    with no start, in three corpus quartets) the number 1, and drop non-numbers from ``"1, 2"``:
+    partitura's unfolding parses the numbers with ``int()`` and would give up on the whole part."""
+    import partitura.score as pscore
+
+    for ending in part.iter_all(pscore.Ending):
+        numbers = [n.strip() for n in str(ending.number or "").split(",")]
+        numbers = [n for n in numbers if n.isdigit()]
+        fixed = ",".join(numbers) or "1"
+        if fixed != ending.number:
+            ending.number = fixed
 
 
 def _track(part, program: int | None, q0: float) -> symusic.Track:
