@@ -29,6 +29,8 @@ WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 CONFIG_FILE = "config.yaml"
 CARD_FILE = "MODEL_CARD.md"
 TOKENIZER_FILE = "tokenizer.json"
+ONNX_DECODE_FILE = "decode.onnx"
+"""Marks an ONNX export (``aurl export --format onnx``): loaded with onnxruntime, not torch."""
 CHECKPOINTS = ("best.ckpt", "last.ckpt")
 MODEL_PREFIX = "model."
 """The LightningModules hold the network as ``self.model``; checkpoint keys carry this prefix."""
@@ -107,10 +109,13 @@ def _load_tokenizer(directory: Path):
 
 
 def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle directory, or a run directory (its ``model/`` export or best/last checkpoint)."""
+    """Load a bundle directory, an ONNX export, or a run directory (its ``model/`` export or
+    best/last checkpoint)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model or run directory")
+    if (path / ONNX_DECODE_FILE).is_file():
+        return _load_onnx(path)
     if (path / WEIGHTS_FILE).is_file():
         return _load_dir(path, device)
     if (path / "model" / WEIGHTS_FILE).is_file():
@@ -122,6 +127,17 @@ def load_bundle(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     raise FileNotFoundError(
         f"{path}: neither a bundle ({WEIGHTS_FILE}) nor a run directory with model/ or "
         f"checkpoints/{{{','.join(CHECKPOINTS)}}}; train with `aurl train` or export with `aurl export`"
+    )
+
+
+def _load_onnx(directory: Path) -> Bundle:
+    """An ``aurl export --format onnx`` directory, run by onnxruntime (``aurl.deploy``)."""
+    from aurl.deploy.onnx_model import OnnxLM
+
+    cfg = load_config(directory / CONFIG_FILE)
+    tokenizer = _load_tokenizer(directory)
+    return Bundle(
+        model=OnnxLM(directory, cfg.model), tokenizer=tokenizer, config=cfg, path=directory
     )
 
 

@@ -191,7 +191,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="run directory")
+    p.add_argument(
+        "run", type=Path, help="run directory (or, with --format onnx, a model directory)"
+    )
     p.add_argument("--out", type=Path, required=True, help="model directory to write")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument(
@@ -199,6 +201,15 @@ def _add_export(p: argparse.ArgumentParser) -> None:
         default="float32",
         choices=["float32", "float16", "bfloat16"],
         help="storage type of the weights (float16 halves the file; loading casts back to fp32)",
+    )
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        choices=["safetensors", "onnx"],
+        help="onnx: prefill + one-step decode graphs for onnxruntime",
+    )
+    p.add_argument(
+        "--quantize", choices=["int8"], help="with --format onnx: INT8 dynamic quantization"
     )
     p.add_argument(
         "--average",
@@ -211,6 +222,14 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        from aurl.deploy.onnx_export import export_onnx
+
+        path = export_onnx(args.run, args.out, quantize=args.quantize)
+        print(f"exported {args.run} -> {path} (ONNX{', int8' if args.quantize else ''})")
+        return 0
+    if args.quantize:
+        raise ValueError("--quantize int8 needs --format onnx (onnxruntime dynamic quantization)")
     from aurl.training import export
 
     path = export.export_run(
