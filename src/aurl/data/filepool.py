@@ -110,10 +110,16 @@ class _Pool:
         left = len(items)
         try:
             while left:
-                for w in pool:
+                for k, w in enumerate(pool):
                     if w.ready and w.task is None and pending:
                         i = pending.pop()
-                        w.conn.send((i, items[i]))
+                        try:
+                            w.conn.send((i, items[i]))
+                        except OSError:  # it died idle: not this item's fault; retry elsewhere
+                            pending.append(i)
+                            w.kill()
+                            pool[k] = self._spawn()
+                            continue
                         w.task = (i, time.perf_counter())
                 busy = [w for w in pool if w.task is not None or not w.ready]
                 waits = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
