@@ -151,6 +151,30 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="base YAML preset (configs/*.yaml)")
+    p.add_argument("--data", type=Path, required=True, help="prepared data directory")
+    p.add_argument(
+        "--out", type=Path, required=True, help="search directory (study.db, trial_NNN/)"
+    )
+    p.add_argument("--trials", type=int, default=8, help="finished trials to reach (resumes)")
+    p.add_argument("--minutes-per-trial", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial")
+
+
+def _run_tune(args: argparse.Namespace) -> int:
+    from aurl.training import tune
+
+    rows = tune.tune(
+        args.config, args.data, args.out, trials=args.trials,
+        minutes_per_trial=args.minutes_per_trial, overrides=args.overrides, seed=args.seed,
+    )  # fmt: skip
+    print(f"aurl tune: {len(rows)} trial(s) in {args.out} (study.db, trials.csv, trials.md)")
+    print(tune.render(rows))
+    return 0
+
+
 def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", type=Path, nargs="?", help="run or model directory (likelihood mode)")
     p.add_argument("--data", type=Path, help="prepared data directory (likelihood mode)")
@@ -378,6 +402,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "roundtrip": ("encode -> decode -> diff every file", _add_roundtrip, _run_roundtrip),
     "tokens": ("inspect the token vocabulary", _add_tokens, _run_tokens),
     "train": ("train a model (Lightning)", _add_train, _run_train),
+    "tune": ("hyperparameter search (Optuna, resumable)", _add_tune, _run_tune),
     "evaluate": (
         "held-out likelihood, or generated MIDI vs a corpus (--samples)",
         _add_evaluate,

@@ -257,8 +257,9 @@ def open_data(cfg: RunConfig):
 # train / resume
 
 
-def train(cfg: RunConfig, out: Path) -> Path:
-    """Train a new run into ``out`` and return the run directory."""
+def train(cfg: RunConfig, out: Path, callbacks: list[Callback] | None = None) -> Path:
+    """Train a new run into ``out`` and return the run directory (``callbacks`` are added to the
+    run's own; ``aurl tune`` passes its pruning callback)."""
     run_dir = Path(out)
     if (run_dir / CHECKPOINT_DIR / "last.ckpt").exists():
         raise ValueError(
@@ -274,7 +275,7 @@ def train(cfg: RunConfig, out: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / CONFIG_FILE)
     tokenizer.save(run_dir)
-    return fit(cfg, run_dir, tokenizer, train_ds, val_ds)
+    return fit(cfg, run_dir, tokenizer, train_ds, val_ds, callbacks=callbacks)
 
 
 def corpus_sample_defaults(cfg: RunConfig, tokenizer) -> SampleConfig:
