@@ -284,7 +284,8 @@ class TrainerConfig:
     strategy: str = "auto"
     """auto, ddp, ddp_spawn, fsdp, ... (any Lightning strategy name)."""
     precision: str = "auto"
-    """auto = bf16-mixed on CUDA with bf16 support, else 32-true. Any Lightning precision string."""
+    """auto = bf16-mixed on CUDA with bf16 (else 16-mixed) and on CPUs with AMX bf16 tiles, else
+    32-true (see training.run.resolve_precision). Any Lightning precision string."""
     val_every_steps: int = 200
     val_batches: int = 20
     checkpoint_every_steps: int = 200
