@@ -141,6 +141,7 @@ class FeatureSpec:
     description: str  # one plain sentence a musician can read
     labels: list[str] = field(default_factory=list)  # histogram bin labels
     time_base: str = "none"  # "beats", "seconds" or "none" (timeless: pitch content)
+    title: str = ""  # a short plain-words name for the report (defaults to the name)
 
     def __post_init__(self) -> None:
         if self.kind not in ("scalar", "histogram"):
@@ -168,11 +169,14 @@ def feature(
     description: str,
     labels: list[str] | None = None,
     time_base: str = "none",
+    title: str = "",
 ) -> Callable[[Callable], Callable]:
     """Decorator: register ``fn(piece) -> float | np.ndarray`` as feature ``name``."""
 
     def wrap(fn: Callable) -> Callable:
-        register(FeatureSpec(name, fn, kind, unit, description, list(labels or []), time_base))
+        register(
+            FeatureSpec(name, fn, kind, unit, description, list(labels or []), time_base, title)
+        )
         return fn
 
     return wrap
@@ -269,26 +273,36 @@ def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
 # the features
 
 
-@feature("pitch_class_histogram", kind="histogram", unit="fraction of notes",
+@feature("pitch_class_histogram", title="Which notes (pitch classes)", kind="histogram", unit="fraction of notes",
          labels=PITCH_NAMES, description="How often each of the 12 pitch classes is played.")  # fmt: skip
 def pitch_class_histogram(piece: Piece) -> np.ndarray:
     counts = pitch_class_counts(piece)
     return counts / counts.sum() if counts.sum() else np.full(12, np.nan)
 
 
-@feature("pitch_range", unit="semitones", description="Highest minus lowest note.")
+@feature(
+    "pitch_range",
+    title="Range, lowest to highest note",
+    unit="semitones",
+    description="Highest minus lowest note.",
+)
 def pitch_range(piece: Piece) -> float:
     p = piece.pitch[piece.pitched]
     return float(p.max() - p.min()) if len(p) else float("nan")
 
 
-@feature("pitch_classes_used", unit="count", description="Distinct pitch classes (of 12) used.")
+@feature(
+    "pitch_classes_used",
+    title="Different notes used (of 12)",
+    unit="count",
+    description="Distinct pitch classes (of 12) used.",
+)
 def pitch_classes_used(piece: Piece) -> float:
     p = piece.pitch[piece.pitched]
     return float(len(np.unique(p % 12))) if len(p) else float("nan")
 
 
-@feature("pitch_class_entropy", unit="bits",
+@feature("pitch_class_entropy", title="Variety of notes (entropy)", unit="bits",
          description="Spread of the pitch classes (0 = one pitch class; 3.58 = all 12 equally).")  # fmt: skip
 def pitch_class_entropy(piece: Piece) -> float:
     counts = pitch_class_counts(piece)
@@ -298,7 +312,7 @@ def pitch_class_entropy(piece: Piece) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-@feature("scale_consistency", unit="fraction of notes",
+@feature("scale_consistency", title="Notes inside one major scale", unit="fraction of notes",
          description="Share of notes inside the best-fitting major (diatonic) scale.")  # fmt: skip
 def scale_consistency(piece: Piece) -> float:
     counts = pitch_class_counts(piece)
@@ -307,7 +321,7 @@ def scale_consistency(piece: Piece) -> float:
     return max(float(counts[scale_mask(t, "major")].sum()) for t in range(12)) / counts.sum()
 
 
-@feature("in_key_rate", unit="fraction of notes",
+@feature("in_key_rate", title="Notes in the piece's own key", unit="fraction of notes",
          description="Share of notes in the scale of the piece's estimated key.")  # fmt: skip
 def in_key_rate(piece: Piece) -> float:
     counts = pitch_class_counts(piece)
@@ -317,7 +331,7 @@ def in_key_rate(piece: Piece) -> float:
     return float(counts[scale_mask(tonic, mode)].sum() / counts.sum())
 
 
-@feature("polyphony", unit="notes", time_base="beats",
+@feature("polyphony", title="Notes sounding together", unit="notes", time_base="beats",
          description="Average number of notes sounding together (while anything sounds).")  # fmt: skip
 def polyphony(piece: Piece) -> float:
     mask = piece.pitched & (piece.duration > 0)
@@ -330,13 +344,13 @@ def polyphony(piece: Piece) -> float:
     return float((spans[held] * counts[:-1][held]).sum() / total) if total > 0 else float("nan")
 
 
-@feature("note_density", unit="onsets per beat", time_base="beats",
+@feature("note_density", title="Notes per beat", unit="onsets per beat", time_base="beats",
          description="Notes started per beat, over the whole piece.")  # fmt: skip
 def note_density(piece: Piece) -> float:
     return float(len(piece.onset) / piece.end) if piece.end > 0 else float("nan")
 
 
-@feature("notes_per_second", unit="onsets per second", time_base="seconds",
+@feature("notes_per_second", title="Notes per second", unit="onsets per second", time_base="seconds",
          description="Notes started per second at the piece's tempo.")  # fmt: skip
 def notes_per_second(piece: Piece) -> float:
     if len(piece.onset) == 0:
@@ -345,21 +359,21 @@ def notes_per_second(piece: Piece) -> float:
     return float(len(piece.onset) / end) if end > 0 else float("nan")
 
 
-@feature("note_duration_histogram", kind="histogram", unit="fraction of notes",
+@feature("note_duration_histogram", title="Note lengths (beats)", kind="histogram", unit="fraction of notes",
          labels=DURATION_LABELS, time_base="beats",
          description="How long notes are held, in beats (quarter notes).")  # fmt: skip
 def note_duration_histogram(piece: Piece) -> np.ndarray:
     return _histogram(piece.duration[piece.pitched], DURATION_EDGES)
 
 
-@feature("ioi_histogram", kind="histogram", unit="fraction of onsets", labels=DURATION_LABELS,
+@feature("ioi_histogram", title="Gaps between note starts (beats)", kind="histogram", unit="fraction of onsets", labels=DURATION_LABELS,
          time_base="beats", description="Time between successive note starts, in beats.")  # fmt: skip
 def ioi_histogram(piece: Piece) -> np.ndarray:
     onsets = np.unique(piece.onset)
     return _histogram(np.diff(onsets), DURATION_EDGES)
 
 
-@feature("top_voice_interval_histogram", kind="histogram", unit="fraction of steps",
+@feature("top_voice_interval_histogram", title="Melody steps, semitones (top voice)", kind="histogram", unit="fraction of steps",
          labels=[str(i) for i in range(-INTERVAL_MAX, INTERVAL_MAX + 1)],
          description="Melodic steps of the top voice in semitones (clipped to ±12).")  # fmt: skip
 def top_voice_interval_histogram(piece: Piece) -> np.ndarray:
@@ -368,7 +382,7 @@ def top_voice_interval_histogram(piece: Piece) -> np.ndarray:
     return _histogram(steps, edges)
 
 
-@feature("empty_beat_rate", unit="fraction of beats", time_base="beats",
+@feature("empty_beat_rate", title="Silent beats", unit="fraction of beats", time_base="beats",
          description="Share of beats in which nothing sounds (rests).")  # fmt: skip
 def empty_beat_rate(piece: Piece) -> float:
     n_beats = math.ceil(piece.end - 1e-9)
@@ -385,7 +399,7 @@ def empty_beat_rate(piece: Piece) -> float:
     return float(1.0 - occupied.mean())
 
 
-@feature("groove_consistency", unit="similarity (0-1)", time_base="beats",
+@feature("groove_consistency", title="Rhythm repeated bar to bar", unit="similarity (0-1)", time_base="beats",
          description="How alike neighbouring bars' rhythms are (1 = every bar the same).")  # fmt: skip
 def groove_consistency(piece: Piece) -> float:
     bars = piece.bars
@@ -404,14 +418,14 @@ def groove_consistency(piece: Piece) -> float:
     return float(1.0 - hamming.mean())
 
 
-@feature("longest_note", unit="beats", time_base="beats",
+@feature("longest_note", title="Longest note", unit="beats", time_base="beats",
          description="The longest held note, in beats.")  # fmt: skip
 def longest_note(piece: Piece) -> float:
     d = piece.duration[piece.pitched]
     return float(d.max()) if len(d) else float("nan")
 
 
-@feature("programs_used", unit="count",
+@feature("programs_used", title="Instruments used", unit="count",
          description="Distinct instruments (MIDI programs; drums count as one).")  # fmt: skip
 def programs_used(piece: Piece) -> float:
     return float(len(np.unique(piece.program))) if len(piece.program) else float("nan")

@@ -79,11 +79,18 @@ def feature_table(pieces: list[Piece], features: list[str]) -> FeatureTable:
 
 
 def load_folder(folder: str | os.PathLike) -> tuple[list[Piece], list[dict[str, str]]]:
-    """Pieces of every music file under ``folder``; unreadable or note-less files are skipped."""
-    from aurl.data.midi_io import MidiLoadError, find_music_files, load_score
+    """Pieces of every MIDI file under ``folder``; unreadable or note-less files are skipped.
+
+    Only ``.mid``/``.midi`` are read: ``aurl generate`` writes a MusicXML copy beside each MIDI
+    file, which would otherwise count every piece twice.
+    """
+    from aurl.data.midi_io import MIDI_SUFFIXES, MidiLoadError, find_music_files, load_score
 
     pieces, skipped = [], []
-    for path in find_music_files(folder):
+    paths = [p for p in find_music_files(folder) if p.suffix.lower() in MIDI_SUFFIXES]
+    if not paths:
+        log.warning("%s: no MIDI files (.mid/.midi)", folder)
+    for path in paths:
         try:
             score, _ = load_score(path)
         except MidiLoadError as exc:
@@ -99,22 +106,33 @@ def load_folder(folder: str | os.PathLike) -> tuple[list[Piece], list[dict[str, 
     return pieces, skipped
 
 
+def _read_prepared(data_dir: str | os.PathLike) -> tuple[dict, dict[str, list[str]]]:
+    """(manifest, pieces.json) of a prepared directory, without importing torch or MidiTok."""
+    root = Path(data_dir)
+    path = root / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run `aurl prepare INPUT --out {root}` first")
+    return json.loads(path.read_text()), json.loads((root / "pieces.json").read_text())
+
+
 def reference_pieces(data_dir: str | os.PathLike, split: str) -> tuple[list[Piece], str]:
     """(pieces of the split, "source" or "decoded"): source MIDI when on disk, else tokens."""
     import symusic
 
-    from aurl.data.dataset import PreparedData
-
-    data = PreparedData(data_dir)
-    part = data.split(split)
-    if len(part) == 0:
+    manifest, names = _read_prepared(data_dir)
+    if split not in names:
+        raise ValueError(f"{data_dir}: no split {split!r} (has {', '.join(names)})")
+    if not names[split]:
         raise ValueError(f"{data_dir}: the {split} split has no pieces")
-    root = Path(data.manifest.get("root") or "")
-    paths = [root / name for name in part.names]
+    root = Path(manifest.get("root") or "")
+    paths = [root / name for name in names[split]]
     if all(p.suffix.lower() in (".mid", ".midi") and p.is_file() for p in paths):
         return [piece_from_score(symusic.Score(str(p)), name=p.name) for p in paths], "source"
     log.info("%s: source files not on disk under %s; decoding the token pieces", data_dir, root)
-    tok = data.tokenizer
+    from aurl.data.dataset import PreparedData
+
+    data = PreparedData(data_dir)
+    part, tok = data.split(split), data.tokenizer
     pieces = [
         piece_from_score(tok.decode(part.piece(i).tolist()), name=part.names[i])
         for i in range(len(part))
@@ -143,10 +161,8 @@ def reference_table(
     data_dir: str | os.PathLike, split: str, features: list[str], *, cache: bool = True
 ) -> tuple[FeatureTable, str]:
     """Reference features (cached, see the module docstring) and the reference kind."""
-    from aurl.data.dataset import PreparedData
-
     specs = {f: FEATURES[f] for f in features}
-    manifest = PreparedData(data_dir).manifest
+    manifest, _ = _read_prepared(data_dir)
     key = f"{manifest.get('cache_key', 'nokey')}-{split}-{_features_hash(specs)}"
     path = _cache_dir() / f"{key}.npz"
     if cache and path.is_file():
