@@ -210,7 +210,7 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
     )  # fmt: skip
     metrics_ref: dict = {}
     side_lock = threading.Lock()  # infill / interpolate run one at a time beside the scheduler
-    params = sum(p.numel() for p in bundle.model.parameters()) if hasattr(bundle.model, "parameters") else 0  # fmt: skip
+    params = _parameters(bundle)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -443,6 +443,18 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
         )
 
     return app
+
+
+def _parameters(bundle) -> int:
+    """Parameter count of a torch model, or from the config of an ONNX export."""
+    import torch
+
+    if isinstance(bundle.model, torch.nn.Module):
+        return sum(p.numel() for p in bundle.model.parameters())
+    from aurl.models import build_model
+
+    with torch.device("meta"):  # shapes only, no memory
+        return sum(p.numel() for p in build_model(bundle.config.model).parameters())
 
 
 def _files_body(files: dict, seed: int, load_score) -> dict:

@@ -102,10 +102,12 @@ class Scheduler:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch={max_batch} must be >= 1 and max_queue={max_queue} >= 0")
         if batching and not supports_rows(model):
-            log.warning(
-                "continuous batching needs full causal attention (model.attention=%s); serving one "
-                "request at a time", getattr(getattr(model, "cfg", None), "attention", "?"),
-            )  # fmt: skip
+            why = (
+                f"model.attention={getattr(model.cfg, 'attention', '?')} (needs full causal attention)"
+                if isinstance(model, torch.nn.Module)
+                else "an ONNX model decodes through onnxruntime, not the per-row torch step"
+            )
+            log.warning("continuous batching off: %s; serving one request at a time", why)
             batching = False
         self.batching = batching
         if not batching:
