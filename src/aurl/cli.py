@@ -397,6 +397,39 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# analysis
+
+
+def _add_analyze(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, help="a MIDI/MusicXML/ABC/kern file or a folder (recursive)")
+    p.add_argument("--json", type=Path, required=True, help="write the analysis of every file here")
+    p.add_argument(
+        "--report", type=Path, help="also write one PNG picture per file into this folder"
+    )
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from aurl.analysis.run import analyze_paths, write_json
+
+    result = analyze_paths(args.input, workers=args.workers, report_dir=args.report)
+    write_json(result, args.json)
+    files = result["files"]
+    bad = [f for f in files if "error" in f]
+    for f in bad:
+        print(f"error: {f['error']}", file=sys.stderr)
+    if len(files) == 1 and not bad:
+        f = files[0]
+        print(
+            f"{f['path']}: key {f['global_key']}, {len(f['beats'])} beats ({f['beat_source']}), "
+            f"{len(f['chords'])} chords, {len(f['melody'])} melody notes, {len(f['sections'])} sections, "
+            f"{len(f['motifs'])} motifs"
+        )
+    print(f"analysed {len(files) - len(bad)} of {len(files)} files -> {args.json}")
+    return 0 if len(bad) < len(files) or not files else 1
+
+
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "prepare": ("MIDI folder -> tokenized, sharded training data", _add_prepare, _run_prepare),
     "roundtrip": ("encode -> decode -> diff every file", _add_roundtrip, _run_roundtrip),
@@ -419,6 +452,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     ),
     "vary": ("VAE: variations of a piece", _add_vary, _run_vae("vary")),
     "serve": ("HTTP API + web page with continuous batching", _add_serve, _run_serve),
+    "analyze": (
+        "beats, key, chords, melody, sections and motifs of MIDI files (JSON + pictures)",
+        _add_analyze,
+        _run_analyze,
+    ),
 }
 
 
