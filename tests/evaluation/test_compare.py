@@ -71,3 +71,17 @@ def test_frechet_distance_is_the_squared_mean_shift_in_reference_units():
 def test_nanmean_scalar_and_histogram():
     assert compare.nanmean(np.array([1.0, np.nan, 3.0])) == 2.0
     assert compare.nanmean(np.array([[1.0, 0.0], [0.0, 1.0]])) == [0.5, 0.5]
+
+
+def test_frechet_scales_a_histogram_as_one_block_so_a_rare_bin_cannot_dominate():
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0.3, 0.7, 5000)
+    rare = np.abs(rng.normal(0, 0.001, 5000))
+    ref = np.stack([a - rare / 2, 1 - a - rare / 2, rare], axis=1)  # rows sum to 1
+    moved = ref[::-1] + np.array([-0.01, 0.0, 0.01])  # 1 % of the mass into the rare bin
+    per_bin = compare.frechet_distance(moved, ref)
+    as_block = compare.frechet_distance(moved, ref, blocks=[3])
+    assert per_bin > 50  # (0.01 / ~0.0006)^2: one rare bin swamps everything
+    assert as_block < 0.05  # 0.01 against the block's total sd of ~0.16
+    with pytest.raises(ValueError, match="blocks"):
+        compare.frechet_distance(moved, ref, blocks=[2])

@@ -16,8 +16,8 @@ For each feature, following Yang & Lerch (2020), "On the evaluation of generativ
 The densities are binned KDEs (distances histogrammed on a 2,048-point grid, then convolved with
 the Gaussian kernel), exact to the grid step and fast enough for 100 × 400 pieces in a training
 loop. The **Fréchet distance** compares Gaussians fitted to the whole feature vectors (scalars and
-histogram bins concatenated, each dimension standardized by the reference's mean and standard
-deviation so that no unit dominates): ‖μ_s − μ_r‖² + Tr(Σ_s + Σ_r − 2 (Σ_s Σ_r)^½), as in FID.
+histogram bins concatenated; each feature centred on the reference mean and scaled to unit total
+variance in the reference, so that no unit and no rare histogram bin dominates): ‖μ_s − μ_r‖² + Tr(Σ_s + Σ_r − 2 (Σ_s Σ_r)^½), as in FID.
 """
 
 from __future__ import annotations
@@ -109,18 +109,35 @@ def compare_feature(samples: np.ndarray, reference: np.ndarray) -> dict[str, flo
     }
 
 
-def frechet_distance(samples: np.ndarray, reference: np.ndarray) -> float:
+def frechet_distance(
+    samples: np.ndarray, reference: np.ndarray, blocks: list[int] | None = None
+) -> float:
     """Fréchet distance between Gaussians fitted to (S, D) and (R, D) feature vectors.
 
-    Each dimension is standardized by the reference (constant dimensions are dropped); rows with
-    NaN are left out.
+    ``blocks`` gives the number of columns of each feature (a histogram is one block of bins;
+    default: every column its own block). Each block is centred on the reference mean and divided
+    by one scale, the square root of the reference's total variance over the block, so every
+    feature weighs the same and a histogram bin that is almost always empty in the reference does
+    not get a tiny scale of its own (per-bin standardization made one rare ">12 beats" bin dominate
+    the distance). A block constant in the reference is left out (its overlap area still judges
+    it); rows with NaN are left out.
     """
     s, r = _valid(_as_2d(samples)), _valid(_as_2d(reference))
     if len(s) < 2 or len(r) < 2:
         return float("nan")
-    mu, sd = r.mean(axis=0), r.std(axis=0)
-    keep = sd > 1e-12
-    s, r = (s[:, keep] - mu[keep]) / sd[keep], (r[:, keep] - mu[keep]) / sd[keep]
+    blocks = blocks or [1] * r.shape[1]
+    if sum(blocks) != r.shape[1]:
+        raise ValueError(f"blocks sum to {sum(blocks)}, the vectors have {r.shape[1]} columns")
+    mu, var = r.mean(axis=0), r.var(axis=0)
+    scale, keep = np.ones(r.shape[1]), np.zeros(r.shape[1], dtype=bool)
+    start = 0
+    for width in blocks:
+        total = float(var[start : start + width].sum())
+        if total > 1e-12:
+            scale[start : start + width] = np.sqrt(total)
+            keep[start : start + width] = True
+        start += width
+    s, r = (s[:, keep] - mu[keep]) / scale[keep], (r[:, keep] - mu[keep]) / scale[keep]
     mu_s, mu_r = s.mean(axis=0), r.mean(axis=0)
     cov_s, cov_r = np.atleast_2d(np.cov(s, rowvar=False)), np.atleast_2d(np.cov(r, rowvar=False))
     # histogram bins sum to 1, so the covariances are singular by construction: a small ridge
@@ -130,7 +147,8 @@ def frechet_distance(samples: np.ndarray, reference: np.ndarray) -> float:
         warnings.simplefilter("ignore", linalg.LinAlgWarning)
         covmean = np.real(linalg.sqrtm((cov_s + eye) @ (cov_r + eye)))
     diff = mu_s - mu_r
-    return float(diff @ diff + np.trace(cov_s) + np.trace(cov_r) - 2 * np.trace(covmean))
+    value = float(diff @ diff + np.trace(cov_s) + np.trace(cov_r) - 2 * np.trace(covmean))
+    return max(value, 0.0)  # identical sets give about -1e-12 through sqrtm's rounding
 
 
 def nanmean(values: np.ndarray) -> float | list[float]:

@@ -67,6 +67,10 @@ class FeatureTable:
         cols = [self.values[f].reshape(len(self), -1) for f in features]
         return np.concatenate(cols, axis=1) if cols else np.zeros((len(self), 0))
 
+    def widths(self, features: list[str]) -> list[int]:
+        """Columns of each feature in :meth:`vectors` (1 for a scalar, the bins of a histogram)."""
+        return [self.values[f].reshape(len(self), -1).shape[1] for f in features]
+
 
 def feature_table(pieces: list[Piece], features: list[str]) -> FeatureTable:
     """Compute ``features`` on every piece (pure)."""
@@ -212,7 +216,7 @@ def compare_tables(
         "mean_overlap_area": float(np.mean(oas)) if oas else float("nan"),
         "mean_kl": float(np.mean(kls)) if kls else float("nan"),
         "frechet_distance": compare.frechet_distance(
-            samples.vectors(names), reference.vectors(names)
+            samples.vectors(names), reference.vectors(names), reference.widths(names)
         ),
         "features": per_feature,
     }
