@@ -138,3 +138,42 @@ def test_a_corpus_chorale_has_the_same_notes_through_both_readers():
     assert fast.note_num() == slow.note_num() > 100
     assert _grid(fast) == _grid(slow)
     assert [t.name for t in fast.tracks] == ["Soprano", "Alto", "Tenor", "Bass"]
+
+
+KERN = "\n".join(
+    [
+        "**kern",
+        "*M2/4",
+        "*>[A,A,B]",
+        "*>norep[A,B]",
+        "*>A",
+        "=1",
+        "4c",
+        "4d",
+        "*>B",
+        "=2",
+        "4e",
+        "4f",
+        "==",
+        "*-",
+        "",
+    ]
+)
+
+
+def test_kern_expansion_list_is_played_in_its_order(tmp_path):
+    flat = notation.expand_kern(KERN)
+    assert flat is not None and "*>" not in flat
+    path = tmp_path / "rep.krn"
+    path.write_text(KERN)
+    (track,) = read_notation(path).tracks
+    assert [(t, d, p) for t, d, p in _notes(track)] == [
+        (0, 1, 60),
+        (1, 1, 62),
+        (2, 1, 60),  # A again, as the list says
+        (3, 1, 62),
+        (4, 1, 64),
+        (5, 1, 65),
+    ]
+    assert notation.expand_kern(KERN.replace("*>[A,A,B]\n", "")) is None  # no list: as written
+    assert notation.expand_kern(KERN.replace("[A,A,B]", "[A,X]")) is None  # unknown label

@@ -25,6 +25,7 @@ file; ``midi_io.load_score`` then falls back to music21.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -102,7 +103,7 @@ def read_notation(path: str | os.PathLike) -> symusic.Score:
         warnings.simplefilter("ignore")
         try:
             if path.suffix.lower() == ".krn":
-                parsed = partitura.load_kern(str(path), quiet=True)
+                parsed = _load_kern(path)
             else:
                 parsed = partitura.load_score(str(path), quiet=True)
         except Exception as err:  # partitura raises many types for unreadable input
@@ -134,6 +135,73 @@ def read_notation(path: str | os.PathLike) -> symusic.Score:
     if score.note_num() == 0:
         raise NotationError("partitura found no notes")
     return score
+
+
+def _load_kern(path: Path):
+    """partitura's kern reader, after unfolding the file's expansion list (see :func:`expand_kern`)."""
+    import tempfile
+
+    import partitura
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    expanded = expand_kern(text)
+    if expanded is None:
+        return partitura.load_kern(str(path), quiet=True)
+    with tempfile.TemporaryDirectory(prefix="aurl-kern-") as tmp:
+        flat = Path(tmp) / path.name
+        flat.write_text(expanded, encoding="utf-8")
+        return partitura.load_kern(str(flat), quiet=True)
+
+
+def expand_kern(text: str) -> str | None:
+    """Humdrum repeats -> one straight kern text, or None when there is nothing to expand.
+
+    Kern writes repeats as labelled sections (``*>A``, ``*>B``) and an expansion list naming the
+    performed order (``*>[A,A,B,B]``; ``*>norep[...]`` is the version without repeats). partitura
+    reads the sections once in file order, so the sections are copied out in the list's order.
+    None (read the file as is) when there is no list, a label is missing, or the spine count
+    changes at a joint between two sections."""
+    lines = text.split("\n")
+
+    def record(line: str) -> list[str]:
+        return line.rstrip("\r").split("\t")
+
+    def all_fields(line: str, test) -> bool:
+        fields = record(line)
+        return bool(fields) and all(test(f) for f in fields)
+
+    order = None
+    for line in lines:
+        if all_fields(line, lambda f: f.startswith("*>[") and f.endswith("]")):
+            order = [x.strip() for x in record(line)[0][3:-1].split(",") if x.strip()]
+            break
+    if not order:
+        return None
+    head: list[str] = []
+    sections: dict[str, list[str]] = {}
+    tail: list[str] = []
+    current: list[str] | None = None
+    for line in lines:
+        if all_fields(line, lambda f: f.startswith("*>") and "[" not in f):
+            label = record(line)[0][2:]
+            current = sections.setdefault(label, [])
+            continue
+        if all_fields(line, lambda f: f.startswith("*>") and "[" in f):
+            continue  # the expansion lists themselves
+        if all_fields(line, lambda f: f == "*-"):
+            current = tail
+        (head if current is None else current).append(line)
+    if any(label not in sections or not sections[label] for label in order):
+        return None
+
+    def spines(block: list[str], last: bool) -> int:
+        data = [x for x in block if x and not x.startswith("!!")]
+        return len(record(data[-1 if last else 0])) if data else 0
+
+    for a, b in itertools.pairwise(order):
+        if spines(sections[a], last=True) != spines(sections[b], last=False):
+            return None
+    return "\n".join(head + [x for label in order for x in sections[label]] + tail)
 
 
 def _fix_ending_numbers(part) -> None:
