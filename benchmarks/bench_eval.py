@@ -57,6 +57,48 @@ def table_md(title: str, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def combined_md(runs: dict, specs: dict) -> str:
+    """One table: overlap area per feature for every comparison, with the means that explain it."""
+    keys = [k for k in ("real_test_vs_train", "random_vs_test", "model_vs_test") if k in runs]
+    head = {"real_test_vs_train": "Bach test vs train", "random_vs_test": "random vs test",
+            "model_vs_test": "model vs test"}  # fmt: skip
+    lines = [
+        "### Overlap area per feature (1 = as close as the corpus's own pieces; 0 = nothing shared)",
+        "",
+        "| feature | unit (time base) | "
+        + " | ".join(head[k] for k in keys)
+        + " | Bach test mean | random mean | model mean |",
+        "| --- | --- | " + " | ".join("---:" for _ in keys) + " | ---: | ---: | ---: |",
+    ]
+
+    def mean(key: str, name: str, which: str) -> str:
+        if key not in runs:
+            return "-"
+        v = runs[key]["features"][name][which]
+        return "(hist.)" if isinstance(v, list) else f"{v:.3g}"
+
+    for name, spec in specs.items():
+        cells = [f"{runs[k]['features'][name]['overlap_area']:.3f}" for k in keys]
+        lines.append(
+            f"| {name} | {spec.unit} ({spec.time_base}) | "
+            + " | ".join(cells)
+            + f" | {mean('random_vs_test', name, 'reference_mean')}"
+            + f" | {mean('random_vs_test', name, 'samples_mean')}"
+            + f" | {mean('model_vs_test', name, 'samples_mean')} |"
+        )
+    lines.append(
+        "| **mean overlap area** | | "
+        + " | ".join(f"**{runs[k]['mean_overlap_area']:.3f}**" for k in keys)
+        + " | | | |"
+    )
+    lines.append(
+        "| **Fréchet distance** | | "
+        + " | ".join(f"{runs[k]['frechet_distance']:.1f}" for k in keys)
+        + " | | | |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def strip(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("skipped",)} | {
         "skipped": result.get("skipped", [])
@@ -191,6 +233,7 @@ def main() -> int:
                   f"pieces with an undefined (NaN) feature: "
                   f"{ {k: v for k, v in nan.items() if v} or 'none'}.\n")  # fmt: skip
 
+    md.insert(5, combined_md(runs, specs))
     out["runs"] = {k: strip(v) for k, v in runs.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "eval_suite.json").write_text(json.dumps(out, indent=2) + "\n")
