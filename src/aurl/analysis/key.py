@@ -53,8 +53,8 @@ BASS_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 class KeyConfig:
     """How the key is estimated; defaults tuned on POP909 001-700 (benchmarks/bench_analysis.py)."""
 
-    profiles: str = "temperley"  # one of PROFILES
-    bass_weight: float = 1.0  # extra weight of the bass profile (the bass states the tonic)
+    profiles: str = "pop909"  # one of PROFILES
+    bass_weight: float = 0.5  # extra weight of the bass profile (the bass states the tonic)
     window_beats: int = 8  # beats per HMM observation (two bars of 4/4)
     change_penalty: float = 8.0  # log-odds against a key change between windows
     sharpness: float = 6.0  # scale of the correlation in the emission log-likelihood
