@@ -74,3 +74,28 @@ def test_cli_generate_evaluate_and_export_errors(exported, tmp_path, tiny_data):
     assert (tmp_path / "g" / "piece_00.mid").read_bytes()[:4] == b"MThd"
     assert main(["evaluate", str(root / "fp32"), "--data", str(tiny_data), "--split", "test", "--json", str(tmp_path / "e.json")]) == 0  # fmt: skip
     assert main(["export", str(root / "torch"), "--quantize", "int8", "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+
+
+def test_continuous_batching_on_the_onnx_decode_graph_matches_single_runs(exported):
+    import time as _time
+
+    from aurl.serving.scheduler import Job, Scheduler
+
+    _, onnx_b, _, _ = exported
+    options = [{"tokens": 30, "seed": 1}, {"tokens": 80, "seed": 2, "top_k": 10}, {"bars": 1, "seed": 3}]  # fmt: skip
+    expected = []
+    for o in options:
+        plan = plan_generation(onnx_b, **o)
+        expected.append(sample(onnx_b.model, plan.prompt_ids, num=1, rule=plan.rule, filters=plan.filters,
+                               constraints=plan.new_constraints(), seeds=[o["seed"]])[0])  # fmt: skip
+    sched = Scheduler(onnx_b.model, max_batch=2)
+    assert sched.batching
+    jobs = [Job(plan_generation(onnx_b, **o), o["seed"], _time.monotonic() + 60) for o in options]
+    sched.start()
+    try:
+        for j in jobs:
+            sched.submit(j)
+        assert all(j.done.wait(60) for j in jobs)
+    finally:
+        sched.stop()
+    assert [j.new for j in jobs] == expected

@@ -173,3 +173,87 @@ class OnnxLM:
 
 def is_onnx_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / DECODE_FILE).is_file() and (Path(path) / PREFILL_FILE).is_file()
+
+
+class OnnxRowCache:
+    """Per-row cache for continuous batching with the decode graph (as ``models.cache.RowCache``).
+
+    Buffers (L, B_max, H, S_cap, D) hold every row; a step passes them whole (no copy) with a
+    (B_max, S_cap) mask, so free rows cost compute but never a copy of the cache.
+    """
+
+    def __init__(self, cfg, rows: int, max_len: int) -> None:
+        self.shape = (cfg.n_layers, rows, cfg.n_heads, cfg.d_model // cfg.n_heads)
+        self.max_len = max_len
+        L, B, H, D = self.shape
+        self.keys = np.zeros((L, B, H, min(FIRST_CAPACITY, max_len), D), np.float32)
+        self.values = np.zeros_like(self.keys)
+        self.lengths = [0] * rows
+        self.offsets = [0] * rows
+
+    @property
+    def rows(self) -> int:
+        return self.shape[1]
+
+    def position(self, row: int) -> int:
+        return self.offsets[row] + self.lengths[row]
+
+    def _grow(self, need: int) -> None:
+        cap = self.keys.shape[3]
+        if need <= cap:
+            return
+        new = min(self.max_len, max(need, 2 * cap))
+        L, B, H, D = self.shape
+        keys = np.zeros((L, B, H, new, D), np.float32)
+        values = np.zeros_like(keys)
+        keys[:, :, :, :cap], values[:, :, :, :cap] = self.keys, self.values
+        self.keys, self.values = keys, values
+
+    def load(self, row: int, cache: OnnxCache) -> None:
+        n = cache.length
+        self._grow(n + 1)
+        self.keys[:, row, :, :n] = cache.keys[:, 0, :, :n]
+        self.values[:, row, :, :n] = cache.values[:, 0, :, :n]
+        self.lengths[row], self.offsets[row] = n, cache.offset
+
+    def move(self, src: int, dst: int) -> None:
+        n = self.lengths[src]
+        self.keys[:, dst, :, :n] = self.keys[:, src, :, :n]
+        self.values[:, dst, :, :n] = self.values[:, src, :, :n]
+        self.lengths[dst], self.offsets[dst] = n, self.offsets[src]
+
+    def clear(self, row: int) -> None:
+        self.lengths[row], self.offsets[row] = 0, 0
+
+    def drop_oldest(self, row: int, n: int) -> None:
+        length = self.lengths[row]
+        if not 0 <= n <= length:
+            raise ValueError(f"drop_oldest(n={n}) needs 0 <= n <= cached length {length}")
+        keep = length - n
+        self.keys[:, row, :, :keep] = self.keys[:, row, :, n:length].copy()
+        self.values[:, row, :, :keep] = self.values[:, row, :, n:length].copy()
+        self.lengths[row], self.offsets[row] = keep, self.offsets[row] + n
+
+
+def onnx_row_step(model: OnnxLM, tokens: torch.Tensor, cache: OnnxRowCache) -> torch.Tensor:
+    """One token for each of the first n rows (tokens (n,)); logits (n, V) (as ``row_step``)."""
+    n = tokens.shape[0]
+    lens = cache.lengths[:n]
+    if any(x >= cache.max_len for x in lens):
+        raise ValueError(f"a row of the cache is full ({cache.max_len} slots); drop_oldest first")
+    cache._grow(max(lens) + 1)
+    B, cap = cache.rows, cache.keys.shape[3]
+    ids = np.zeros((B, 1), np.int64)
+    ids[:n, 0] = tokens.numpy()
+    positions = np.array([cache.position(r) for r in range(B)], np.int64)
+    mask = np.arange(cap)[None, :] < np.array(cache.lengths)[:, None]  # (B, S_cap)
+    mask[n:] = False
+    logits, k, v = model.decode.run(None, {
+        "tokens": ids, "positions": positions, "past_keys": cache.keys,
+        "past_values": cache.values, "mask": mask,
+    })  # fmt: skip
+    for r in range(n):
+        cache.keys[:, r, :, lens[r]] = k[:, r, :, 0]
+        cache.values[:, r, :, lens[r]] = v[:, r, :, 0]
+        cache.lengths[r] += 1
+    return torch.from_numpy(logits[:n])

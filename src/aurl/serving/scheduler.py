@@ -101,13 +101,12 @@ class Scheduler:
     ) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch={max_batch} must be >= 1 and max_queue={max_queue} >= 0")
-        if batching and not supports_rows(model):
-            why = (
-                f"model.attention={getattr(model.cfg, 'attention', '?')} (needs full causal attention)"
-                if isinstance(model, torch.nn.Module)
-                else "an ONNX model decodes through onnxruntime, not the per-row torch step"
-            )
-            log.warning("continuous batching off: %s; serving one request at a time", why)
+        onnx = not isinstance(model, torch.nn.Module)
+        if batching and not onnx and not supports_rows(model):
+            log.warning(
+                "continuous batching off: model.attention=%s (needs full causal attention); "
+                "serving one request at a time", getattr(model.cfg, "attention", "?"),
+            )  # fmt: skip
             batching = False
         self.batching = batching
         if not batching:
@@ -118,7 +117,14 @@ class Scheduler:
         self.threads = threads
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=max_queue + max_batch)
         self.stats = Stats()
-        self.cache = RowCache.for_model(model, max_batch, self.context) if batching else None
+        self.cache = None
+        self.step = row_step
+        if batching and onnx:  # an ONNX export: the decode graph takes per-row positions too
+            from aurl.deploy.onnx_model import OnnxRowCache, onnx_row_step
+
+            self.cache, self.step = OnnxRowCache(model.cfg, max_batch, self.context), onnx_row_step
+        elif batching:
+            self.cache = RowCache.for_model(model, max_batch, self.context)
         self.rows: list[Job] = []
         self.last_token: list[int] = []
         self.pending: dict[int, torch.Tensor] = {}
@@ -232,7 +238,7 @@ class Scheduler:
             if self.cache.lengths[row] + 1 > self.cache.max_len:
                 self._slide(row, job)
         tokens = torch.tensor(self.last_token, dtype=torch.long)
-        out = row_step(self.model, tokens, self.cache)  # (n, V)
+        out = self.step(self.model, tokens, self.cache)  # (n, V)
         self.pending = dict(enumerate(out))
         self.stats.steps += 1
         self.stats.occupancy_sum += n
@@ -241,7 +247,7 @@ class Scheduler:
     def _slide(self, row: int, job: Job) -> None:
         """The row's cache is full: drop its oldest 1/8 (rotary) or re-encode a shorter window."""
         drop = max(1, self.context // DROP_FRACTION)
-        if self.model.rotary is not None:
+        if self.model.cfg.position == "rope":
             self.cache.drop_oldest(row, drop)
         else:  # learned positions: as _Window.next, re-encode history[-keep:] from position 0
             keep = self.context - drop
