@@ -127,6 +127,7 @@ def _occupancy(url: str) -> float | None:
 
 def load_test(args: argparse.Namespace) -> dict:
     modes = {"batching": ["--max-batch", str(args.max_batch)], "serial": ["--no-batching"]}
+    modes = {m: modes[m] for m in args.modes}
     out = {"command": " ".join(sys.argv), "model": args.model, "tokens": args.tokens, "cells": []}
     for mode, extra in modes.items():
         server = Server(args.model, extra)
@@ -210,6 +211,10 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=90.0, help="seconds per cell at most")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument(
+        "--modes", nargs="+", default=["batching", "serial"], choices=["batching", "serial"]
+    )
+    p.add_argument("--name", default="serve", help="results file stem")
     p.add_argument("--soak", type=float, default=0.0, help="soak for this many seconds instead")
     p.add_argument("--quick", action="store_true", help="smoke run: 8 requests, 1 and 4 clients")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -224,7 +229,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in res.items() if k != "samples"}, indent=2))
         return
     res = load_test(args)
-    name = "serve_quick" if args.quick else "serve"
+    name = f"{args.name}_quick" if args.quick else args.name
     atomic_write_text(args.out / f"{name}.json", json.dumps(res, indent=2) + "\n")
     atomic_write_text(args.out / f"{name}.md", _markdown(res))
     print(_markdown(res))
