@@ -235,6 +235,27 @@ def _grid_notes(score) -> Counter:
     )
 
 
+def _classify(only_a: Counter, only_b: Counter) -> dict:
+    """Differing notes by kind: same onset and pitch but another duration (ties: who is longer),
+    and notes whose onset+pitch only one reader has (re-attacks of unmerged ties, repeats)."""
+    onset_a = Counter((t, p) for (t, _, p), c in only_a.items() for _ in range(c))
+    onset_b = Counter((t, p) for (t, _, p), c in only_b.items() for _ in range(c))
+    both = onset_a & onset_b
+    longer_a = longer_b = 0
+    for t, p in both.elements():
+        da = max(d for (tt, d, pp) in only_a if (tt, pp) == (t, p))
+        db = max(d for (tt, d, pp) in only_b if (tt, pp) == (t, p))
+        longer_a += da > db
+        longer_b += db > da
+    return {
+        "duration_differs": sum(both.values()),
+        "longer_in_partitura": longer_a,
+        "longer_in_music21": longer_b,
+        "onset_only_partitura": sum((onset_a - onset_b).values()),
+        "onset_only_music21": sum((onset_b - onset_a).values()),
+    }
+
+
 def compare_readers(folder: Path, n: int) -> None:
     from aurl.data import midi_io
 
@@ -273,6 +294,7 @@ def compare_readers(folder: Path, n: int) -> None:
                 only_music21=sorted((gb - ga).elements())[:6],
                 n_only_partitura=sum((ga - gb).values()),
                 n_only_music21=sum((gb - ga).values()),
+                **_classify(ga - gb, gb - ga),
                 end_quarters=[round(a.end() / a.tpq, 2), round(b.end() / b.tpq, 2)],
                 tracks_partitura=[(t.name, t.program, t.note_num()) for t in a.tracks],
                 tracks_music21=[(t.name, t.program, t.note_num()) for t in b.tracks],
