@@ -163,6 +163,13 @@ class VAEConfig:
     """Training only: this fraction of the decoder's input tokens is replaced by PAD (Bowman et al.
     2016), so the decoder must read the latents to predict what comes next (against posterior
     collapse: an autoregressive decoder that sees every previous token can ignore z)."""
+    decoder: str = "flat"
+    """flat: one decoder over the whole segment, latents as a prefix (reads previous tokens and
+    learns to ignore z, issue 13); conductor: MusicVAE's hierarchical decoder, each bar decoded
+    alone from its own latent prefix (models/conductor.py), so the latents must carry the music."""
+    bow_weight: float = 0.0
+    """conductor only: weight of the auxiliary bag-of-notes loss (each bar's tokens predicted from
+    its conductor state alone; Zhao et al. 2017), a signal through z the decoder cannot take over."""
     # VAE-GAN
     disc_layers: int = 2
     disc_windows: tuple[int, ...] = (16, 64, 256)
@@ -183,6 +190,8 @@ class VAEConfig:
         )
         _check_choice("model.vae.prior", self.prior, ("gaussian", "mog"))
         _check_choice("model.vae.adv_loss", self.adv_loss, ("hinge", "nsgan"))
+        _check_choice("model.vae.decoder", self.decoder, ("flat", "conductor"))
+        _check_positive("model.vae.bow_weight", self.bow_weight, allow_zero=True)
         _check_positive("model.vae.latent_dim", self.latent_dim)
         _check_positive("model.vae.bars_per_segment", self.bars_per_segment)
         _check_positive("model.vae.beats_per_bar", self.beats_per_bar)
@@ -330,6 +339,9 @@ class SampleConfig:
     """No generated note lasts longer (tokenizer beats). Training sets it to the longest note of
     its train split (``aurl.generation.corpus_stats``); 0 = not measured (generation then uses
     ``generation.pipeline.FALLBACK_NOTE_BEATS``)."""
+    release_after_beats: float = 0.0
+    """Notes held longer than this are pushed to end (a soft penalty on advancing time); training
+    sets it to the train split's 99.9th percentile of note length; 0 = off."""
     max_polyphony: int = 0
     """Default voice limit, measured at training (95th percentile of per-piece maxima); 0 = none."""
     programs: tuple[int, ...] = ()
@@ -339,6 +351,7 @@ class SampleConfig:
         _check_positive("sample.temperature", self.temperature)
         _check_positive("sample.max_note_beats", self.max_note_beats, allow_zero=True)
         _check_positive("sample.max_polyphony", self.max_polyphony, allow_zero=True)
+        _check_positive("sample.release_after_beats", self.release_after_beats, allow_zero=True)
         self.programs = tuple(int(p) for p in self.programs)
         if any(not 0 <= p <= 127 for p in self.programs):
             raise ValueError(f"sample.programs={list(self.programs)} must be programs 0-127")

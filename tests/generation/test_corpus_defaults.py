@@ -56,6 +56,17 @@ def test_without_the_cap_random_weights_hold_notes_longer(tiny_bundle, tmp_path)
     assert longest > 1.0
 
 
+def test_release_pulls_notes_to_end_after_the_usual_length(tiny_bundle, tmp_path):
+    def long_share(**sample) -> float:
+        bundle = with_sample(tiny_bundle, max_note_beats=4.0, **sample)
+        out = tmp_path / str(sample)
+        summary = pipeline.generate(bundle, out=out, num=8, bars=2, batch_size=8, seed=3, **FAST)
+        durs = np.concatenate([durations_and_programs(p.files["midi"])[0] for p in summary.pieces])
+        return float((durs > 0.5).mean())
+
+    assert long_share(release_after_beats=0.5) < 0.5 * long_share()
+
+
 def test_pieces_keep_the_corpus_instrument_unless_asked(tiny_bundle, tmp_path):
     free = pipeline.generate(
         tiny_bundle, out=tmp_path / "free", num=6, bars=2, batch_size=6, **FAST

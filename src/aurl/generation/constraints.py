@@ -24,9 +24,27 @@ import torch
 from aurl.generation.state import TIME_EPS, SeqState, Vocab, advance, replay
 
 __all__ = [
-    "CONSTRAINTS", "SCALES", "TIME_EPS", "ConstraintSet", "Density", "EndAt", "EndNotBefore", "Grammar", "Key",
-    "MaxDuration", "PitchRange", "Polyphony", "Programs", "SeqState", "TimeSignature", "Vocab", "advance", "finish",
-    "parse_key", "replay",
+    "CONSTRAINTS",
+    "SCALES",
+    "TIME_EPS",
+    "ConstraintSet",
+    "Density",
+    "EndAt",
+    "EndNotBefore",
+    "Grammar",
+    "Key",
+    "MaxDuration",
+    "PitchRange",
+    "Polyphony",
+    "Programs",
+    "Release",
+    "SeqState",
+    "TimeSignature",
+    "Vocab",
+    "advance",
+    "finish",
+    "parse_key",
+    "replay",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -186,6 +204,20 @@ class MaxDuration:
         return out
 
 
+class Release(MaxDuration):
+    """Soft pull to end notes held past the corpus's usual longest (its 99.9th percentile, Bach:
+    4 beats): time shifts that carry the oldest open note past ``beats`` (REMI/TSD: longer
+    Durations) cost the constraint set's penalty. :class:`MaxDuration` is the hard wall behind it;
+    with the wall alone the shipped model still let 3.6 % of its notes run into it (Bach: 0.05 %
+    exceed 4 beats)."""
+
+    strict = False
+
+    def __init__(self, vocab: Vocab, beats: float) -> None:
+        super().__init__(vocab, beats)
+        self.stall = vocab.mask_of("TimeSig")  # note starts stay free: only time is penalized
+
+
 class Programs:
     """Only these instruments (General MIDI programs), e.g. the tracks of the piece being infilled."""
 
@@ -307,6 +339,7 @@ CONSTRAINTS = {
     "end_at": EndAt,
     "end_not_before": EndNotBefore,
     "max_duration": MaxDuration,
+    "release": Release,
 }
 
 

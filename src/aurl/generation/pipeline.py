@@ -128,6 +128,7 @@ def build_constraints(
     time_signature: str | None = None,
     programs: tuple[int, ...] | None = None,
     max_note_beats: float | None = None,
+    release_after_beats: float | None = None,
 ) -> C.ConstraintSet:
     """The grammar plus the named constraints asked for (strict unless ``soft``). The note-length
     cap and the programs are always strict: they keep pieces decodable and in one instrument."""
@@ -135,6 +136,8 @@ def build_constraints(
     chosen: list = []
     if max_note_beats:
         chosen.append(C.MaxDuration(vocab, max_note_beats))
+    if release_after_beats and (not max_note_beats or release_after_beats < max_note_beats):
+        chosen.append(C.Release(vocab, release_after_beats))
     if programs and vocab.has("Program"):
         chosen.append(C.Programs(vocab, programs))
     if key:
@@ -274,6 +277,7 @@ def plan_generation(
     prompt_ids, prompt_score = _prompt_ids(tok, prompt)
     corpus = bundle.config.sample
     max_note_beats = corpus.max_note_beats or FALLBACK_NOTE_BEATS
+    release_after_beats = corpus.release_after_beats or None
     if max_polyphony is None:
         max_polyphony = corpus.max_polyphony or None
     if programs is None and corpus.programs:
@@ -325,6 +329,7 @@ def plan_generation(
         "time_signature": time_signature,
         "programs": list(programs) if programs else None,
         "max_note_beats": max_note_beats,
+        "release_after_beats": release_after_beats,
         "beam": beam,
         "batch_size": batch_size,
         "seed": seed,
@@ -343,6 +348,7 @@ def plan_generation(
         "time_signature": time_signature,
         "programs": programs,
         "max_note_beats": max_note_beats,
+        "release_after_beats": release_after_beats,
     }
     return Plan(
         tok, vocab, prompt_ids, bpm, time_signature, end_beats, max_new, filters, settings,

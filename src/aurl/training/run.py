@@ -282,7 +282,7 @@ def corpus_sample_defaults(cfg: RunConfig, tokenizer) -> SampleConfig:
     """``cfg.sample`` with the generation defaults that were left unset (0 / empty) measured on
     the train split: longest note, voice limit, dominant programs (issue 15)."""
     s = cfg.sample
-    if s.max_note_beats and s.max_polyphony and s.programs:
+    if s.max_note_beats and s.release_after_beats and s.max_polyphony and s.programs:
         return s
     from aurl.data.dataset import PreparedData
     from aurl.generation.corpus_stats import measure
@@ -294,6 +294,7 @@ def corpus_sample_defaults(cfg: RunConfig, tokenizer) -> SampleConfig:
     return dataclasses.replace(
         s,
         max_note_beats=s.max_note_beats or stats.max_note_beats,
+        release_after_beats=s.release_after_beats or stats.note_beats_p999,
         max_polyphony=s.max_polyphony or stats.max_polyphony,
         programs=s.programs or stats.programs,
     )
