@@ -186,5 +186,6 @@ def track_beats(score: symusic.Score, notes: NoteArray | None = None) -> Beats:
     else:
         env = onset_envelope(notes)
         beats, source = dp_beats(env, estimate_period(env)), "notes"
+    beats = beats[beats < notes.end - 1e-6]  # no beat after the music has ended
     m, ph = downbeat_phase(notes, beats)
     return Beats(beats, beats[ph::m], m, source, fit)

@@ -232,7 +232,7 @@ def recognize_chords(
     move, _ = transition_tensor(model)
     pos = bar_positions(bounds[:-1], downbeats)
     path = viterbi(log_em, move, model.log_change, pos)
-    return _segments(notes, bounds, path)
+    return _segments(feats[:, 24:36], bounds, path)
 
 
 def segment_bounds(beats: np.ndarray, end: float) -> np.ndarray:
@@ -259,26 +259,33 @@ def bar_positions(starts: np.ndarray, downbeats: np.ndarray | None) -> np.ndarra
     return np.clip(pos, 0, 3).astype(np.int64)
 
 
-def _segments(notes: NoteArray, bounds: np.ndarray, path: np.ndarray) -> list[ChordSegment]:
+def _segments(bass: np.ndarray, bounds: np.ndarray, path: np.ndarray) -> list[ChordSegment]:
+    """Runs of equal (chord, bass degree); a bass run shorter than 2 beats joins the run before it."""
+    inv = [_inversion(bass[t], int(path[t])) for t in range(len(path))]
+    for t in range(1, len(path)):
+        if path[t] != path[t - 1]:
+            continue
+        run_end = t
+        while run_end < len(path) and path[run_end] == path[t] and inv[run_end] == inv[t]:
+            run_end += 1
+        if run_end - t < 2 and inv[t] != inv[t - 1]:
+            inv[t:run_end] = [inv[t - 1]] * (run_end - t)
     out: list[ChordSegment] = []
-    change = np.flatnonzero(np.r_[True, path[1:] != path[:-1]])
-    ends = np.r_[change[1:], len(path)]
-    for a, b_ in zip(change, ends, strict=True):
-        s = int(path[a])
-        start, end = float(bounds[a]), float(bounds[b_])
-        label = state_label(s)
-        if s < 12 * Q:
-            label += _inversion(notes, start, end, s)
-        out.append(ChordSegment(start, end, label))
+    key = [(int(path[t]), inv[t]) for t in range(len(path))]
+    start = 0
+    for t in range(1, len(path) + 1):
+        if t == len(path) or key[t] != key[start]:
+            s, iv = key[start]
+            out.append(ChordSegment(float(bounds[start]), float(bounds[t]), state_label(s) + iv))
+            start = t
     return out
 
 
-def _inversion(notes: NoteArray, start: float, end: float, state: int) -> str:
-    prof = bass_chroma(notes, np.array([start, end]))[0]
-    if prof.sum() <= 0:
+def _inversion(bass_profile: np.ndarray, state: int) -> str:
+    """``/3``-style suffix when the bass profile's strongest pitch class is a non-root chord tone."""
+    if state >= 12 * Q or bass_profile.sum() <= 0:
         return ""
-    root = state // Q
-    iv = (int(np.argmax(prof)) - root) % 12
+    iv = (int(np.argmax(bass_profile)) - state // Q) % 12
     tones = QUALITIES[QUALITY_NAMES[state % Q]]
     return f"/{BASS_DEGREE[iv]}" if iv != 0 and iv in tones else ""
 
