@@ -172,3 +172,32 @@ def test_infill_regenerates_bars_and_interpolate_needs_a_vae(client):
 def test_page_is_served(client):
     r = client.get("/")
     assert r.status_code == 200 and "Generate" in r.text
+
+
+@pytest.mark.slow
+def test_vae_model_interpolates_and_refuses_generate(tmp_path):
+    import torch
+
+    from aurl.bundle import load_bundle, save_bundle
+    from aurl.config import DataConfig, ModelConfig, RunConfig, TokenizerConfig, VAEConfig
+    from aurl.data.tokenizers import MusicTokenizer
+    from aurl.models.vae import build_vae
+
+    tok = MusicTokenizer(TokenizerConfig())
+    cfg = RunConfig(data=DataConfig(seq_len=64), model=ModelConfig(
+        mode="vae", vocab_size=tok.vocab_size, d_model=32, n_layers=1, n_heads=2, d_ff=64,
+        max_seq_len=256, dropout=0.0,
+        vae=VAEConfig(latent_dim=8, bar_latent_dim=4, bars_per_segment=2, encoder_layers=1),
+    ))  # fmt: skip
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "vae", build_vae(cfg.model), cfg, tok)
+    with TestClient(create_app(load_bundle(tmp_path / "vae"))) as c:
+        assert c.get("/health").json()["mode"] == "vae"
+        r = c.post("/v1/generate", json={"tokens": 5})
+        assert r.status_code == 400 and "/v1/interpolate" in r.json()["detail"]
+        data = base64.b64encode((MIDI / "etude_no4.mid").read_bytes()).decode()
+        r = c.post("/v1/interpolate", json={"a": data, "b": data, "steps": 3})
+        assert r.status_code == 200, r.text
+        pieces = r.json()["pieces"]
+        assert len(pieces) == 3 and all(base64.b64decode(p["midi"])[:4] == b"MThd" for p in pieces)
+        assert c.post("/v1/interpolate", json={"a": data, "b": "%%"}).status_code == 400

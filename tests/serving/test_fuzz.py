@@ -67,7 +67,7 @@ def test_corrupt_midi_and_random_json_get_no_server_errors(tiny_serve_bundle):
     cfg = ServeConfig(max_tokens=128, max_batch=4, timeout_s=30)
     statuses: Counter = Counter()
     with TestClient(create_app(tiny_serve_bundle, cfg)) as client:
-        for _seed, _mutator, data in _mutants(80):
+        for _seed, _mutator, data in _mutants(60):
             body = {"prompt": base64.b64encode(data).decode(), "tokens": 3, "musicxml": False}
             r = client.post("/v1/generate", json=body)
             statuses[r.status_code] += 1
@@ -75,7 +75,7 @@ def test_corrupt_midi_and_random_json_get_no_server_errors(tiny_serve_bundle):
             if r.status_code == 400:
                 assert r.json()["detail"].startswith("prompt: ")  # the loader's reason
         rng = random.Random(7)
-        for _ in range(150):
+        for _ in range(100):
             r = client.post("/v1/generate", content=_random_body(rng), headers={"content-type": "application/json"})  # fmt: skip
             statuses[r.status_code] += 1
             assert r.status_code < 500, (r.status_code, r.text)
@@ -83,5 +83,5 @@ def test_corrupt_midi_and_random_json_get_no_server_errors(tiny_serve_bundle):
     sent = sum(statuses.values())
     four = sum(n for s, n in statuses.items() if 400 <= s < 500)
     # both kinds of outcome occur: refusals with reasons, and mutants the loader still reads
-    assert sent == 230 and four > 100 and statuses[200] > 5, statuses
+    assert sent == 160 and four > 80 and statuses[200] > 5, statuses
     print(f"fuzz: {sent} requests, {four} 4xx, {statuses[200]} 200, 0 5xx: {dict(statuses)}")

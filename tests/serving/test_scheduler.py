@@ -47,7 +47,7 @@ def _run(sched: Scheduler, jobs: list[Job], stagger: float = 0.0) -> None:
         sched.stop()
 
 
-@pytest.mark.parametrize("stagger", [0.0, 0.01])
+@pytest.mark.parametrize("stagger", [0.0, pytest.param(0.01, marks=pytest.mark.slow)])
 def test_batched_rows_match_single_runs_token_for_token(tiny_serve_bundle, stagger):
     expected = [_alone(tiny_serve_bundle, o) for o in OPTIONS]
     jobs = [_job(tiny_serve_bundle, o) for o in OPTIONS]
