@@ -10,6 +10,10 @@ WAV through :func:`aurl.generation.export.export_piece`) and a ``samples.json``.
   joined by slerp (``steps`` points, both ends included) and each point is decoded.
 - vary: the first segment of the input is encoded, perturbed ``num`` times by
   ``amount`` x prior std (per latent group) and decoded.
+
+With the conductor decoder (``model.vae.decoder=conductor``) a segment is decoded bar by bar
+(:func:`decode_bars`): one grammar state runs through the whole segment, but the network's
+context is reset at every bar line and the bar's own latent prefix is put in front.
 """
 
 from __future__ import annotations
@@ -135,6 +139,8 @@ def decode_rows(
     and concatenated segments stay on the bar grid. Row ``i`` samples with seed ``seed + i``.
     """
     model, tok = _vae(bundle), bundle.tokenizer
+    if model.conductor is not None:
+        return decode_bars(model, tok, latents, temperature, top_p, seed)
     v = model.cfg.vae
     vocab = C.Vocab.from_tokenizer(tok)
     beats = float(v.bars_per_segment * v.beats_per_bar)
@@ -149,6 +155,78 @@ def decode_rows(
     )  # fmt: skip
     special = {tok.bos_id, tok.eos_id, tok.pad_id}
     return [[i for i in C.finish([tok.bos_id, *row], vocab) if i not in special] for row in rows]
+
+
+@torch.no_grad()
+def decode_bars(
+    model: MusicVAE, tok, latents: Latents, temperature: float, top_p: float, seed: int
+) -> list[list[int]]:
+    """Conductor decoding: one segment per latent row (tokens without BOS/EOS).
+
+    The rows are decoded in lockstep one bar at a time. At the start of bar k every row gets a
+    fresh KV cache holding only its bar-k prefix and BOS (as in training, where each bar is its
+    own row ``BOS bar EOS``); a row leaves bar k once its time (the grammar state, carried
+    across bars so notes held over the bar line can still end) reaches the bar line. The same
+    grammar and length constraints as :func:`decode_rows` apply; row ``i`` samples with seed
+    ``seed + i``.
+    """
+    v = model.cfg.vae
+    vocab = C.Vocab.from_tokenizer(tok)
+    K, bar_beats = model.conductor.num_bars, float(v.beats_per_bar)
+    total = K * bar_beats
+    cons = C.ConstraintSet(vocab, [C.EndAt(vocab, total), C.EndNotBefore(vocab, total)])
+    B = latents.z_g.shape[0]
+    cons.start([[tok.bos_id]] * B)
+    gens = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(B)]
+    prefix = model.bar_prefix(latents)  # (B, K, P, C)
+    P = prefix.shape[2]
+    cap = min(TOKENS_PER_BEAT_CAP * v.beats_per_bar, model.cfg.max_seq_len - P - 1)
+    device = prefix.device
+    bodies: list[list[int]] = [[] for _ in range(B)]
+    ended = [False] * B  # EOS chosen (only possible once the segment's time is full)
+    for k in range(K):
+        bar_end = (k + 1) * bar_beats - C.TIME_EPS
+        active = [not ended[b] and cons.states[b].time < bar_end for b in range(B)]
+        if not any(active):
+            continue
+        cache = model.decoder.new_cache(B, P + cap + 1)
+        cur = torch.full((B, 1), tok.bos_id, dtype=torch.long, device=device)  # (B, 1)
+        out = model.decoder(cur, cache=cache, prefix=prefix[:, k], logits_for="last")
+        for _ in range(cap):
+            logits = out.logits[:, -1].float().cpu()  # (B, V)
+            logits[:, [tok.pad_id, tok.bos_id]] = float("-inf")
+            logits = cons.apply(logits)
+            nxt = [tok.pad_id] * B
+            for b in range(B):
+                if not active[b]:
+                    continue
+                pick = _pick_row(logits[b], temperature, top_p, gens[b])
+                nxt[b] = pick
+                C.advance(cons.states[b], pick, vocab)
+                if pick == tok.eos_id:
+                    ended[b] = True
+                else:
+                    bodies[b].append(pick)
+                if ended[b] or cons.states[b].time >= bar_end:
+                    active[b] = False
+            if not any(active):
+                break
+            cur = torch.tensor(nxt, dtype=torch.long, device=device)[:, None]  # (B, 1)
+            out = model.decoder(cur, cache=cache, logits_for="last")
+    special = {tok.bos_id, tok.eos_id, tok.pad_id}
+    return [[i for i in C.finish([tok.bos_id, *b], vocab) if i not in special] for b in bodies]
+
+
+def _pick_row(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
+    """One token from logits (V,): argmax at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, -1)  # (V,)
+    if top_p < 1.0:
+        sp, si = probs.sort(descending=True)
+        keep = sp.cumsum(-1) - sp < top_p
+        probs = torch.zeros_like(probs).scatter(-1, si, sp * keep)
+    return int(torch.multinomial(probs, 1, generator=gen))
 
 
 def _write(

@@ -18,6 +18,11 @@ the tokens of its bar because (1) the decoder contract and its KV cache stay unc
 is written into the cache once, then decoding is ordinary; (2) adding per-bar vectors during
 generation would require knowing bar boundaries token by token, i.e. importing the tokenizer's
 timing into ``models/``, which the architecture forbids.
+
+That flat decoder ignores z (issue 13). ``model.vae.decoder=conductor`` selects the hierarchical
+decoder of ``models/conductor.py`` instead: every bar is decoded as its own sequence from its own
+prefix, so the latents must carry the bar's content. The bar boundaries that generation needs
+come from the caller (``generation/latent.py`` tracks time with the grammar state).
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from aurl.config import ModelConfig, VAEConfig
+from aurl.models.conductor import Conductor, bag_of_notes_nll, bar_rows
 
 LOG_2PI = math.log(2 * math.pi)
 PAD_ID = 0
 """The tokenizer's PAD id (also ignored by MusicTransformer's loss)."""
+BOS_ID, EOS_ID = 1, 2
+"""The tokenizer's BOS and EOS ids (``aurl.tokenization``: PAD 0, BOS 1, EOS 2)."""
 
 
 @dataclass
@@ -66,7 +74,7 @@ class Latents:
 class VAEOutput:
     """What one teacher-forced pass produces; the objective (training/vae_module.py) weighs it."""
 
-    logits: torch.Tensor  # (B, T, V)
+    logits: torch.Tensor  # (B, T-1, V) flat decoder; (B*K, L-1, V) bar rows with the conductor
     recon: torch.Tensor  # scalar: mean token cross-entropy (PAD ignored)
     kl_g: torch.Tensor  # (B, D) KL per global latent dimension, nats
     kl_b: (
@@ -75,6 +83,8 @@ class VAEOutput:
     posterior: Posterior
     latents: Latents
     hidden: torch.Tensor  # (B, T, C) decoder hidden states
+    targets: torch.Tensor | None = None  # ids the logits predict, same leading shape (PAD = ignore)
+    bow: torch.Tensor | None = None  # scalar bag-of-notes NLL (conductor only)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +229,9 @@ class MusicVAE(nn.Module):
             # Conditional bar prior p(z_k | z_g, k): the ladder's top-down path.
             self.bar_prior = nn.Sequential(nn.Linear(D + C, C), nn.GELU(), nn.Linear(C, 2 * E))
             self.bar_to_prefix = nn.Linear(E, C)
+        self.conductor: Conductor | None = None
+        if v.decoder == "conductor":
+            self.conductor = Conductor(C, D, E, K, cfg.vocab_size)
         with torch.no_grad():  # log-variance halves of the posterior heads
             self.to_global.bias[D:].fill_(v.posterior_logvar_init)
             if E > 0:
@@ -327,15 +340,50 @@ class MusicVAE(nn.Module):
             mu_p, logvar_p = self.bar_prior_params(z_g)
             kl_b = gaussian_kl(mu_b, logvar_b, mu_p, logvar_p)  # (B, K, E)
         latents = Latents(z_g, z_b)
-        inp, tgt = tokens[:, :-1], tokens[:, 1:]  # (B, T-1) each
+        logits, tgt, recon, hidden, bow = self.teacher_forced(tokens, latents, bar_ids, generator)
+        return VAEOutput(logits, recon, kl_g, kl_b, post, latents, hidden, tgt, bow)
+
+    def teacher_forced(
+        self,
+        tokens: torch.Tensor,
+        latents: Latents,
+        bar_ids: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Decode ``tokens`` given ``latents`` with teacher forcing (word dropout when training).
+
+        Returns (logits, targets, mean cross-entropy, hidden, bag-of-notes NLL or None). The flat
+        decoder predicts ``tokens[:, 1:]``; the conductor predicts the bar rows of
+        :func:`conductor.bar_rows` (B*K rows ``BOS bar EOS``), each from its own bar prefix.
+        """
+        bow = None
+        if self.conductor is None:
+            inp, tgt = tokens[:, :-1], tokens[:, 1:]  # (B, T-1) each
+            prefix = self.prefix(latents)  # (B, P, C)
+        else:
+            K = self.conductor.num_bars
+            if bar_ids is None:
+                bar_ids = even_bar_ids(tokens != PAD_ID, K)
+            rows = bar_rows(tokens, bar_ids, K, BOS_ID, EOS_ID, PAD_ID)  # (B, K, L)
+            bar_prefix, bow_logits = self.conductor(latents.z_g, latents.z_b)  # (B,K,P,C), (B,K,V)
+            bow = bag_of_notes_nll(bow_logits, rows, (PAD_ID, BOS_ID, EOS_ID))
+            flat = rows.flatten(0, 1)  # (B*K, L)
+            inp, tgt = flat[:, :-1], flat[:, 1:]  # (B*K, L-1) each
+            prefix = bar_prefix.flatten(0, 1)  # (B*K, P, C)
         p = self.cfg.vae.word_dropout
         if self.training and p > 0:
             # Word dropout (Bowman et al. 2016): PAD stands for "unknown token"; BOS is kept.
             drop = torch.rand(inp.shape, generator=generator, device=inp.device) < p
             drop[:, 0] = False
             inp = inp.masked_fill(drop, PAD_ID)
-        out = self.decoder(inp, tgt, prefix=self.prefix(latents))
-        return VAEOutput(out.logits, out.loss, kl_g, kl_b, post, latents, out.hidden)
+        out = self.decoder(inp, tgt, prefix=prefix)
+        return out.logits, tgt, out.loss, out.hidden, bow
+
+    def bar_prefix(self, latents: Latents) -> torch.Tensor:
+        """Conductor prefixes, one set per bar: (B, K, P, C). Only with decoder=conductor."""
+        if self.conductor is None:
+            raise ValueError("bar_prefix needs model.vae.decoder=conductor")
+        return self.conductor(latents.z_g, latents.z_b)[0]
 
     def posterior_mean(self, post: Posterior) -> Latents:
         """The posterior means as latents (no sampling): reconstruction and interpolation use this."""
@@ -355,10 +403,38 @@ class MusicVAE(nn.Module):
     ) -> list[list[int]]:
         """Autoregressive decode with the decoder's KV cache; temperature 0 = greedy.
 
-        Returns one token list per latent row, starting with BOS and stopping after EOS.
+        Returns one token list per latent row, starting with BOS and stopping after EOS. With the
+        conductor, every bar is decoded as its own row (up to ``max_tokens`` tokens each, stopping
+        at its EOS) and the K bodies are joined into one segment ``BOS bar_0 .. bar_K-1 EOS``.
         """
-        B = latents.z_g.shape[0]
-        prefix = self.prefix(latents)  # (B, P, C)
+        kw = {"bos_id": bos_id, "eos_id": eos_id, "temperature": temperature, "top_p": top_p}
+        if self.conductor is None:
+            return self._decode_prefix(self.prefix(latents), max_tokens, generator=generator, **kw)
+        B, K = latents.z_g.shape[0], self.conductor.num_bars
+        prefix = self.bar_prefix(latents).flatten(0, 1)  # (B*K, P, C)
+        bars = self._decode_prefix(prefix, max_tokens, generator=generator, **kw)
+        out = []
+        for b in range(B):
+            body = []
+            for row in bars[b * K : (b + 1) * K]:
+                body += [t for t in row[1:] if t != eos_id]
+            out.append([bos_id, *body] + ([eos_id] if eos_id is not None else []))
+        return out
+
+    @torch.no_grad()
+    def _decode_prefix(
+        self,
+        prefix: torch.Tensor,
+        max_tokens: int,
+        *,
+        bos_id: int,
+        eos_id: int | None,
+        temperature: float,
+        top_p: float,
+        generator: torch.Generator | None,
+    ) -> list[list[int]]:
+        """Cached autoregressive decode of one row per prefix (B, P, C)."""
+        B = prefix.shape[0]
         total = prefix.shape[1] + max_tokens + 1
         cache = self.decoder.new_cache(B, total)
         cur = torch.full((B, 1), bos_id, dtype=torch.long, device=prefix.device)  # (B, 1)

@@ -7,6 +7,7 @@ Shape legend:
 Objective (per token, so it sits on the same scale as the LM's ``train/loss``)::
 
     loss = recon + beta(step) * sum_dims max(KL_dim, free_bits) / tokens_per_segment
+           [+ bow_weight * bag-of-notes NLL   (decoder=conductor)]
            [+ adv_weight * adv_g + feature_matching_weight * fm   (vae_gan, after gan_warmup_steps)]
 
 ``val/loss`` is the negative ELBO per token (beta = 1, no free bits), so it does not move with the
@@ -250,6 +251,8 @@ class VAEModule(pl.LightningModule):
             "kl_penalized": fb / per_seg,
             "elbo_loss": out.recon + (kl_g + kl_b) / per_seg,
         }
+        if out.bow is not None:
+            terms["bow"] = out.bow
         return out, terms
 
     def _log_terms(self, prefix: str, terms: dict[str, Tensor], **kw) -> None:
@@ -261,6 +264,8 @@ class VAEModule(pl.LightningModule):
         out, terms = self.vae_terms(batch)
         beta = self.beta()
         loss = terms["recon"] + beta * terms["kl_penalized"]
+        if "bow" in terms and self.vcfg.bow_weight > 0:
+            loss = loss + self.vcfg.bow_weight * terms["bow"]
         if self.gan:
             loss = self._gan_step(batch, out, loss, terms)
         if self.vcfg.target_kl > 0:
@@ -281,7 +286,7 @@ class VAEModule(pl.LightningModule):
         v, clip = self.vcfg, self.cfg.optim.grad_clip
         loss = vae_loss
         if self.global_step >= v.gan_warmup_steps:
-            tgt = batch["tokens"].long()[:, 1:]  # (B, T-1)
+            tgt = out.targets  # (B, T-1), or (B*K, L-1) bar rows with the conductor
             mask = tgt != 0
             real = (
                 F.one_hot(tgt, out.logits.shape[-1]).float().requires_grad_(v.r1_weight > 0)
@@ -321,7 +326,7 @@ class VAEModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         batch = trim_batch(batch)
         out, terms = self.vae_terms(batch)
-        tgt = batch["tokens"].long()[:, 1:]
+        tgt = out.targets
         mask = tgt != 0
         acc = ((out.logits.argmax(-1) == tgt) & mask).sum() / mask.sum().clamp_min(1)
         self.log(
@@ -482,6 +487,11 @@ def vae_metrics(
     - ``kl_global`` / ``kl_bar``: mean KL per segment (nats) of each latent group.
     - ``active_units_global`` / ``active_units_bar``: dimensions whose posterior mean varies over the
       split with variance > 0.01 (Burda et al. 2016).
+    - ``active_units_vs_noise_global`` / ``_bar``: dimensions whose posterior mean varies over the
+      split by more than the posterior's own noise (Var_x[mu] > E_x[sigma^2]): a dimension whose
+      means move by less than its sampling noise tells the decoder little (issue 13).
+    - ``recon_note_f1`` (= ``recon_note_f1_greedy``) and ``kl_per_segment`` (per latent group and
+      total, nats): the keys ``aurl evaluate`` promises for a VAE.
     """
     model: MusicVAE = getattr(bundle_or_model, "model", bundle_or_model)
     tok = prepared_data.tokenizer
@@ -495,7 +505,7 @@ def vae_metrics(
     device = next(model.parameters()).device
     nll = correct = count = notes = 0.0
     kl_g = kl_b = 0.0
-    mus_g, mus_b = [], []
+    mus_g, mus_b, vars_g, vars_b = [], [], [], []
     greedy_hits = greedy_total = 0
     f1s: list[float] = []
     try:
@@ -506,8 +516,8 @@ def vae_metrics(
             mask = tokens != 0
             post = model.encode(tokens, mask, bar_ids)
             z = model.posterior_mean(post)
-            inp, tgt = tokens[:, :-1], tokens[:, 1:]
-            logits = model.decoder(inp, prefix=model.prefix(z)).logits.float()  # (B, T-1, V)
+            logits, tgt = model.teacher_forced(tokens, z, bar_ids)[:2]  # (B', T', V), (B', T')
+            logits = logits.float()
             valid = tgt != 0
             ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")  # (B, T-1)
             nll += float((ce * valid).sum())
@@ -517,10 +527,12 @@ def vae_metrics(
             zeros = torch.zeros_like(post.mu_g)
             kl_g += float(gaussian_kl(post.mu_g, post.logvar_g, zeros, zeros).sum())
             mus_g.append(post.mu_g.cpu())
+            vars_g.append(post.logvar_g.exp().cpu())
             if post.mu_b is not None:
                 mu_p, lv_p = model.bar_prior_params(post.mu_g)
                 kl_b += float(gaussian_kl(post.mu_b, post.logvar_b, mu_p, lv_p).sum())
                 mus_b.append(post.mu_b.flatten(0, 1).cpu())
+                vars_b.append(post.logvar_b.exp().flatten(0, 1).cpu())
             if start < greedy_segments:
                 k = min(len(rows), greedy_segments - start)
                 length = int(mask.sum(1).max())
@@ -542,8 +554,14 @@ def vae_metrics(
         m = torch.cat(mus)
         return int((m.var(0) > 0.01).sum()) if len(m) > 1 else 0
 
+    def active_vs_noise(mus: list[Tensor], variances: list[Tensor]) -> int:
+        if not mus or len(torch.cat(mus)) < 2:
+            return 0
+        return int((torch.cat(mus).var(0) > torch.cat(variances).mean(0)).sum())
+
     bits = nll / math.log(2)
     kl_total = kl_g + kl_b
+    f1 = sum(f1s) / max(len(f1s), 1)
     return {
         "split": split,
         "segments": n,
@@ -551,7 +569,8 @@ def vae_metrics(
         "notes": int(notes),
         "recon_acc_teacher": correct / max(count, 1.0),
         "recon_acc_greedy": greedy_hits / max(greedy_total, 1),
-        "recon_note_f1_greedy": sum(f1s) / max(len(f1s), 1),
+        "recon_note_f1_greedy": f1,
+        "recon_note_f1": f1,
         "greedy_segments": min(n, greedy_segments),
         "recon_nll_per_token": nll / max(count, 1.0),
         "bits_per_note": bits / max(notes, 1.0),
@@ -560,5 +579,13 @@ def vae_metrics(
         "kl_bar": kl_b / max(n, 1),
         "active_units_global": active(mus_g),
         "active_units_bar": active(mus_b),
+        "active_units_vs_noise_global": active_vs_noise(mus_g, vars_g),
+        "active_units_vs_noise_bar": active_vs_noise(mus_b, vars_b),
+        "kl_per_segment": {
+            "global": kl_g / max(n, 1),
+            "bar": kl_b / max(n, 1),
+            "total": kl_total / max(n, 1),
+        },
+        "decoder": cfg.vae.decoder,
         "latent_dims": {"global": cfg.vae.latent_dim, "bar": cfg.vae.bar_latent_dim},
     }
