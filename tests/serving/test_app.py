@@ -33,12 +33,12 @@ def test_health_and_models_describe_the_model(client, tiny_serve_bundle):
 
 
 def test_same_seed_gives_the_cli_piece(client, tiny_serve_bundle, tmp_path):
-    body = {"bars": 1, "seed": 11, "key": "G:maj", "temperature": 0.9, "musicxml": False}
+    body = {"bars": 1, "seed": 11, "key": "G:maj", "temperature": 0.9, "programs": [0, 40], "musicxml": False}  # fmt: skip
     r = client.post("/v1/generate", json=body)
     assert r.status_code == 200, r.text
     got = r.json()
     generate(
-        tiny_serve_bundle, out=tmp_path, num=1, bars=1, seed=11, key="G:maj", temperature=0.9,
+        tiny_serve_bundle, out=tmp_path, num=1, bars=1, seed=11, key="G:maj", temperature=0.9, programs=[0, 40],
         wav=False, musicxml=False, png=False,
     )  # fmt: skip
     assert base64.b64decode(got["midi"]) == (tmp_path / "piece_00.mid").read_bytes()

@@ -197,7 +197,6 @@ class _Done:
 
 def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = None) -> FastAPI:
     """The app serving ``bundle`` (an :class:`aurl.bundle.Bundle`); the scheduler starts with it."""
-    from aurl.generation import constraints as C
     from aurl.generation.pipeline import _reproduce_command, plan_generation
 
     cfg = cfg or ServeConfig()
@@ -275,20 +274,14 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
                 density=req.density, soft=req.soft, time_signature=req.time_signature,
                 batch_size=1, seed=seed, temperature=req.temperature, top_k=req.top_k,
                 top_p=req.top_p, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+                programs=req.programs,
             )  # fmt: skip
         except ValueError as err:
             raise HTTPException(422, str(err)) from None
         if plan.max_new > cfg.max_tokens:
             raise HTTPException(413, f"this request may need {plan.max_new} tokens; the limit is {cfg.max_tokens} (ask for fewer bars/seconds/tokens)")  # fmt: skip
         plan.settings["prompt"] = "<upload>" if prompt else None
-        job = Job(plan, seed, deadline=time.monotonic() + cfg.timeout_s)
-        if req.programs:
-            try:
-                job.constraints.constraints.append(C.Programs(plan.vocab, req.programs))
-            except ValueError as err:
-                raise HTTPException(422, f"programs: {err}") from None
-            plan.settings["programs"] = req.programs
-        return job
+        return Job(plan, seed, deadline=time.monotonic() + cfg.timeout_s)
 
     def submit(job: Job) -> None:
         try:
