@@ -113,6 +113,9 @@ def read_notation(path: str | os.PathLike) -> symusic.Score:
             raise NotationError("partitura found no parts")
         unfolded = []
         for part in parts:
+            if not _has_repeat_marks(part, pscore):
+                unfolded.append(part)  # unfolding copies the whole part (~40 % of a read)
+                continue
             _fix_ending_numbers(part)
             try:
                 # ignore_leaps=False: no repeats after a da capo / dal segno / coda jump
@@ -202,6 +205,21 @@ def expand_kern(text: str) -> str | None:
         if spines(sections[a], last=True) != spines(sections[b], last=False):
             return None
     return "\n".join(head + [x for label in order for x in sections[label]] + tail)
+
+
+def _has_repeat_marks(part, pscore) -> bool:
+    """Whether ``part`` has anything unfolding would act on: repeats, endings, jumps."""
+    kinds = (
+        pscore.Repeat,
+        pscore.Ending,
+        pscore.DaCapo,
+        pscore.DalSegno,
+        pscore.Segno,
+        pscore.Fine,
+        pscore.Coda,
+        pscore.ToCoda,
+    )
+    return any(next(part.iter_all(kind), None) is not None for kind in kinds)
 
 
 def _fix_ending_numbers(part) -> None:

@@ -46,6 +46,8 @@ SPLITS = ("train", "val", "test")
 CHUNK_FILES = 32
 """Files per committed part: small enough that a resume loses little, few enough part files."""
 SLOWEST_LISTED = 5
+DISPATCH_WINDOW_CHUNKS = 4
+"""Files are handed out largest first within windows of this many chunks."""
 SHARD_TOKENS = 1 << 26
 """Tokens per shard file (128 MiB at uint16)."""
 FORMAT_VERSION = 1
@@ -487,6 +489,14 @@ def _tokenize_all(
         total=total, initial=done, unit="file", file=sys.stderr, desc="prepare", disable=None
     )
     tasks = [(ci, pos) for ci in todo for pos in range(len(chunks[ci]))]
+    # largest files first within each window of a few chunks: a 75 s quartet started last would
+    # leave the other workers idle at the end (issue 14); the window bounds what waits in memory
+    window = DISPATCH_WINDOW_CHUNKS * CHUNK_FILES
+    tasks = [
+        t
+        for w in range(0, len(tasks), window)
+        for t in sorted(tasks[w : w + window], key=lambda t: -chunks[t[0]][t[1]][1].stat().st_size)
+    ]
     if any(
         p.suffix.lower() in midi_io.SCORE_SUFFIXES
         for ci, pos in tasks
