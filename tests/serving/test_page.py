@@ -105,3 +105,23 @@ def test_page_generates_draws_and_downloads_midi(server, tmp_path):
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return float(text.split(f"\n{name} ")[1].split()[0])
+
+
+def test_client_disconnect_frees_its_row(server):
+    before = _metric(server, "aurl_tokens_total")
+    body = {"tokens": 4000, "seed": 1, "musicxml": False}
+    with httpx.stream("POST", f"{server}/v1/generate/stream", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("event: note"):
+                break  # hang up mid-piece
+    for _ in range(100):
+        if _metric(server, "aurl_batch_rows") == 0:
+            break
+        time.sleep(0.05)
+    assert _metric(server, "aurl_batch_rows") == 0
+    assert _metric(server, "aurl_tokens_total") - before < 4000  # the row stopped early
