@@ -43,7 +43,7 @@ _REPEAT = '<barline location="right"><repeat direction="backward"/></barline>'
 XML = f"""<?xml version="1.0" encoding="UTF-8"?>
 <!DOCTYPE score-partwise PUBLIC "-//Recordare//DTD MusicXML 3.1 Partwise//EN" "http://www.musicxml.org/dtds/partwise.dtd">
 <score-partwise version="3.1"><part-list>
-<score-part id="P1"><part-name>Violin</part-name><midi-instrument id="P1-I1"><midi-program>41</midi-program></midi-instrument></score-part>
+<score-part id="P1"><part-name>Melody</part-name><midi-instrument id="P1-I1"><midi-program>41</midi-program></midi-instrument></score-part>
 <score-part id="P2"><part-name>Violoncello</part-name></score-part>
 </part-list>
 <part id="P1">
@@ -84,10 +84,10 @@ def test_ties_merge_repeats_unfold_and_the_pickup_starts_at_zero(tiny_xml):
     score = read_notation(tiny_xml)
     violin, cello = score.tracks
     assert (violin.name, violin.program, cello.name, cello.program) == (
-        "Violin",
-        40,  # <midi-program>41</midi-program> is 1-based
+        "Melody",
+        40,  # no instrument in the name: <midi-program>41</midi-program>, which is 1-based
         "Violoncello",
-        42,  # no program in the file: from the part's name
+        42,  # from the part's name
     )
     # pickup D4 at 0; m1 E4 F4 C5 (tied half + half = 4 quarters); G4; then all again from 9
     once = [(0, 1, 62), (1, 1, 64), (2, 1, 65), (3, 4, 72), (7, 2, 67)]

@@ -7,8 +7,9 @@ partitura reads a string quartet in a few seconds where music21's parse + MIDI e
   dropped, as music21's MIDI export drops them; every note gets velocity :data:`VELOCITY` (notation
   has no velocities; 91 is what music21 10.5's export gives an unmarked note, FACTS.md, so notation
   read either way tokenizes alike);
-- **parts as tracks**, named after the part, with the General MIDI program of the part's
-  ``<midi-program>`` (MusicXML) or else of its name (:data:`PROGRAM_BY_NAME`, e.g. "Violin I" -> 40);
+- **parts as tracks**, named after the part, with the General MIDI program of its name
+  (:data:`PROGRAM_BY_NAME`, e.g. "Violin I" -> 40), else of the part's MusicXML ``<midi-program>``,
+  else 0;
 - **tempo** from every metronome/sound tempo the file states (in quarter notes per minute), 120 until
   the first one; **time and key signatures** of the first part;
 - **repeats unfolded the way a performance plays them**: partitura's ``unfold_part_maximal`` with
@@ -238,7 +239,11 @@ def _fix_ending_numbers(part) -> None:
 
 def _track(part, program: int | None, q0: float) -> symusic.Track:
     name = (part.part_name or part.id or "").strip()
-    prog = program if program is not None else _program_for(name)
+    # the name first, as music21 does: exports often give every part one generic program
+    # (all four parts of Mozart's K. 80 say 49, "String Ensemble 1")
+    prog = _program_for(name)
+    if prog is None:
+        prog = program if program is not None else 0
     track = symusic.Track(name, prog, False)
     na = part.note_array()
     if len(na) == 0:
@@ -319,15 +324,15 @@ def _quarters_per_unit(unit: str | None) -> float:
     return base * (2 - 0.5**dots)
 
 
-def _program_for(name: str) -> int:
+def _program_for(name: str) -> int | None:
     low = name.lower()
     for word, program in PROGRAM_BY_NAME:
         if word in low:
             return program
-    return 0
+    return None
 
 
-_MIDI_PROGRAM = re.compile(rb"<score-part[^>]*\bid=\"([^\"]+)\".*?</score-part>", re.DOTALL)
+_MIDI_PROGRAM = re.compile(rb"<score-part[^>]*\bid=[\"']([^\"']+)[\"'].*?</score-part>", re.DOTALL)
 _PROGRAM_TAG = re.compile(rb"<midi-program>\s*(\d+)\s*</midi-program>")
 
 
@@ -349,6 +354,8 @@ def _musicxml_programs(path: Path) -> dict[str, int]:
             return {}
     except (OSError, zipfile.BadZipFile, KeyError):
         return {}
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 (several Monteverdi madrigals)
+        data = data.decode("utf-16", errors="replace").encode()
     head = data.split(b"</part-list>", 1)[0]
     out = {}
     for m in _MIDI_PROGRAM.finditer(head):
