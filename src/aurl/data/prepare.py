@@ -459,7 +459,8 @@ def prepare(
         "files_total": len(items),
         "files_ok": len(ok),
         "files_failed": failed,
-        "files_ignored": _ignored_files(root),
+        # a folder's other files; an embedded corpus lists its own files
+        "files_ignored": _ignored_files(root) if Path(input) == root else {},
         "files_repaired": sum(bool(m["repairs"]) for m, _ in ok),
         "repairs": _sum_counts(m["repairs"] for m, _ in ok),
         "beats": total_beats,
