@@ -83,3 +83,27 @@ def test_build_trainer_adds_the_callback_only_when_asked(tmp_path, tiny_data):
 def test_eval_samples_of_one_is_rejected():
     with pytest.raises(ValueError, match="eval_samples"):
         TrainerConfig(eval_samples=1)
+
+
+def test_batched_sampler_follows_the_model_and_cuts_each_row_after_eos():
+    import torch
+
+    from aurl.training.callbacks import sample_tokens_batch
+
+    class Counter(torch.nn.Module):
+        """Puts all probability on (last token + 1) mod 8: from BOS=1 the rows read 1 2 3 ..."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):  # (B, T) -> logits (B, T, 8)
+            logits = torch.full((*x.shape, 8), -1e9)
+            logits.scatter_(2, ((x + 1) % 8).unsqueeze(-1), 0.0)
+            return SimpleNamespace(logits=logits)
+
+    gen = torch.Generator().manual_seed(0)
+    rows = sample_tokens_batch(Counter(), 1, 10, gen, 3, eos_id=5, max_context=4)
+    assert rows == [[1, 2, 3, 4, 5]] * 3
+    rows = sample_tokens_batch(Counter(), 1, 3, gen, 2, eos_id=None)
+    assert rows == [[1, 2, 3, 4]] * 2

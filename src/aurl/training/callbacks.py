@@ -204,14 +204,14 @@ class SampleQuality(Callback):
         t0 = time.perf_counter()
         gen = torch.Generator(device="cpu").manual_seed(self.seed + 7919 + trainer.global_step)
         pieces = []
-        for k in range(self.num_samples):
-            if hasattr(pl_module, "sample_ids"):  # VAE modules decode a prior sample instead
-                ids = pl_module.sample_ids(gen, self.num_tokens)
-            else:
-                ids = sample_tokens(
-                    pl_module.model, self.tokenizer.bos_id, self.num_tokens, gen,
-                    eos_id=self.tokenizer.eos_id, max_context=pl_module.max_seq_len,
-                )  # fmt: skip
+        if hasattr(pl_module, "sample_ids"):  # VAE modules decode a prior sample instead
+            rows = [pl_module.sample_ids(gen, self.num_tokens) for _ in range(self.num_samples)]
+        else:
+            rows = sample_tokens_batch(
+                pl_module.model, self.tokenizer.bos_id, self.num_tokens, gen, self.num_samples,
+                eos_id=self.tokenizer.eos_id, max_context=pl_module.max_seq_len,
+            )  # fmt: skip
+        for k, ids in enumerate(rows):
             try:
                 piece = piece_from_score(self.tokenizer.decode(ids), name=f"sample_{k}")
             except Exception as exc:  # an untrained model can emit undecodable streams
@@ -264,6 +264,44 @@ def sample_tokens(
     finally:
         model.train(was_training)
     return ids
+
+
+@torch.no_grad()
+def sample_tokens_batch(
+    model: torch.nn.Module,
+    bos_id: int,
+    num_tokens: int,
+    generator: torch.Generator,
+    num: int,
+    *,
+    eos_id: int | None = None,
+    max_context: int = 1024,
+) -> list[list[int]]:
+    """``num`` rows of :func:`sample_tokens` in one batch (same full recompute, B = num rows per
+    forward: far fewer, larger matmuls). A row is cut after its first EOS."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.full((num, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
+    done = torch.zeros(num, dtype=torch.bool)
+    try:
+        for _ in range(num_tokens):
+            logits = model(ids[:, -max_context:]).logits[:, -1].float()  # (B, V)
+            probs = torch.softmax(logits, dim=-1).cpu()
+            nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+            ids = torch.cat([ids, nxt.to(device)], dim=1)  # (B, T+1)
+            if eos_id is not None:
+                done |= nxt[:, 0] == eos_id
+                if bool(done.all()):
+                    break
+    finally:
+        model.train(was_training)
+    rows = []
+    for row in ids.tolist():
+        if eos_id is not None and eos_id in row[1:]:
+            row = row[: row.index(eos_id, 1) + 1]
+        rows.append(row)
+    return rows
 
 
 class StepProgressBar(TQDMProgressBar):
