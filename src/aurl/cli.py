@@ -383,6 +383,12 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-batching", action="store_true", help="one request at a time (the CLI's own loop)"
     )
+    p.add_argument(
+        "--decode-workers",
+        type=int,
+        default=1,
+        help="processes writing MIDI/MusicXML (0: a thread)",
+    )
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -391,6 +397,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     cfg = ServeConfig(
         host=args.host, port=args.port, max_batch=args.max_batch, max_queue=args.max_queue,
         timeout_s=args.timeout, threads=args.threads, batching=not args.no_batching,
+        decode_workers=args.decode_workers,
     )  # fmt: skip
     print(f"aurl serve: {args.model} on http://{args.host}:{args.port}/ (API docs at /docs)")
     serve(str(args.model), cfg)

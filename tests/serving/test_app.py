@@ -101,7 +101,9 @@ def test_malformed_json_two_lengths_and_bad_prompts(client):
 
 
 def test_limits_refuse_before_any_work(tiny_serve_bundle):
-    cfg = ServeConfig(max_body_bytes=2_000, max_prompt_bytes=1_000, max_tokens=100)
+    cfg = ServeConfig(
+        max_body_bytes=2_000, max_prompt_bytes=1_000, max_tokens=100, decode_workers=0
+    )
     app = create_app(tiny_serve_bundle, cfg)
     with TestClient(app) as c:
         r = c.post(

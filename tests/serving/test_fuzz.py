@@ -64,7 +64,7 @@ def _random_body(rng: random.Random) -> bytes:
 
 
 def test_corrupt_midi_and_random_json_get_no_server_errors(tiny_serve_bundle):
-    cfg = ServeConfig(max_tokens=128, max_batch=4, timeout_s=30)
+    cfg = ServeConfig(max_tokens=128, max_batch=4, timeout_s=30, decode_workers=0)
     statuses: Counter = Counter()
     with TestClient(create_app(tiny_serve_bundle, cfg)) as client:
         for _seed, _mutator, data in _mutants(60):

@@ -34,7 +34,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 
 from aurl.serving.metrics import Metrics
-from aurl.serving.results import NoteTracker, piece_result, score_notes
+from aurl.serving.results import NoteTracker, PieceDecoder, score_notes
 from aurl.serving.scheduler import Job, QueueFullError, Scheduler
 from aurl.serving.schemas import (
     GenerateRequest,
@@ -74,6 +74,8 @@ class ServeConfig:
     """Largest token budget of one request (32 bars x 4 beats x 64 + 64, the pipeline's cap)."""
     threads: int = 1
     """Torch threads of the decode loop (per-token work is tiny; 1 is fastest on few cores)."""
+    decode_workers: int = 1
+    """Processes that turn finished tokens into MIDI/MusicXML beside the decode loop (0: a thread)."""
     batching: bool = True
     """False: one request at a time through the CLI's own ``sample`` loop (the baseline)."""
 
@@ -81,7 +83,7 @@ class ServeConfig:
         for name in ("max_batch", "timeout_s", "max_body_bytes", "max_prompt_bytes", "max_tokens", "threads"):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise ValueError(f"serve {name}={getattr(self, name)} must be > 0")
-        if self.max_queue < 0 or not 0 < self.port < 65536:
+        if self.max_queue < 0 or self.decode_workers < 0 or not 0 < self.port < 65536:
             raise ValueError(
                 f"serve max_queue={self.max_queue} must be >= 0 and port={self.port} in 1..65535"
             )
@@ -211,13 +213,18 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
     side_lock = threading.Lock()  # infill / interpolate run one at a time beside the scheduler
     params = _parameters(bundle)
 
+    decoder: dict = {}
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if scheduler is not None:
+            decoder["d"] = PieceDecoder(bundle.tokenizer, cfg.decode_workers)
+            await asyncio.to_thread(decoder["d"].warm)
             scheduler.start()
         yield
         if scheduler is not None:
             scheduler.stop()
+            decoder.pop("d").close()
 
     app = FastAPI(
         title="Aurl",
@@ -323,7 +330,7 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
                 raise HTTPException(504, f"timed out after {cfg.timeout_s:.0f} s (timeout_s)")
         if job.error:
             raise failure(job)
-        body = await asyncio.to_thread(piece_result, job.plan, job.new, musicxml=req.musicxml)
+        body = await decoder["d"].result(job.plan, job.new, musicxml=req.musicxml)
         return {**body, **describe(job)}
 
     @app.post("/v1/generate/stream")
@@ -359,7 +366,7 @@ def create_app(bundle, cfg: ServeConfig | None = None, model_name: str | None = 
                     err = failure(job)
                     yield f"event: error\ndata: {json.dumps({'status': err.status_code, 'detail': err.detail})}\n\n"  # fmt: skip
                     return
-                body = await asyncio.to_thread(piece_result, job.plan, job.new, musicxml=req.musicxml)  # fmt: skip
+                body = await decoder["d"].result(job.plan, job.new, musicxml=req.musicxml)
                 yield f"event: done\ndata: {json.dumps({**body, **describe(job)})}\n\n"
             finally:
                 if not job.done.is_set():
