@@ -101,6 +101,11 @@ def _fmt(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) and np.isfinite(value) else str(value)
 
 
+def _time_base(base: str, unit: str) -> str:
+    """ " (in beats)" where the time base is not already the unit."""
+    return "" if base == "none" or base in unit else f" (in {base})"
+
+
 def write_report(result: dict, samples, reference, specs: dict, out_dir: Path) -> Path:
     """Write ``out_dir/report.png`` and ``out_dir/index.html``; returns the HTML path."""
     from aurl.atomic import atomic_write_text
@@ -111,8 +116,9 @@ def write_report(result: dict, samples, reference, specs: dict, out_dir: Path) -
     for name, fig in sorted(result["features"].items(), key=lambda kv: kv[1]["overlap_area"]):
         oa = fig["overlap_area"]
         rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{html.escape(fig['description'])}</td>"
-            f"<td>{html.escape(fig['unit'])} ({fig['time_base']})</td>"
+            f"<tr><td>{html.escape(specs[name].title or name)}<br><small><code>{html.escape(name)}"
+            f"</code></small></td><td>{html.escape(fig['description'])}</td>"
+            f"<td>{html.escape(fig['unit'])}{_time_base(fig['time_base'], fig['unit'])}</td>"
             f"<td style='color:{_verdict_color(oa)}'><b>{_fmt(oa)}</b></td><td>{_fmt(fig['kl'])}</td>"
             f"<td>{_fmt(fig['samples_mean'])}</td><td>{_fmt(fig['reference_mean'])}</td></tr>"
         )
