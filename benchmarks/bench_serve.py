@@ -134,7 +134,7 @@ def load_test(args: argparse.Namespace) -> dict:
         try:
             asyncio.run(_load(server.url, 2, 4, 60, args.tokens, first_seed=10_000))  # warm-up
             for clients in args.clients:
-                requests = max(args.requests, 2 * clients)
+                requests = max(args.requests, clients)
                 load = os.getloadavg()[0]
                 cell = asyncio.run(
                     _load(server.url, clients, requests, args.time_limit, args.tokens)
@@ -208,7 +208,7 @@ def main() -> None:
     p.add_argument(
         "--requests", type=int, default=64, help="requests per cell (at least 2 per client)"
     )
-    p.add_argument("--time-limit", type=float, default=90.0, help="seconds per cell at most")
+    p.add_argument("--time-limit", type=float, default=150.0, help="seconds per cell at most")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument(
