@@ -206,7 +206,7 @@ def main() -> None:
     p.add_argument("--model", default=str(ROOT / "models" / "bach_small"))
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument(
-        "--requests", type=int, default=64, help="requests per cell (at least 2 per client)"
+        "--requests", type=int, default=32, help="requests per cell (at least 1 per client)"
     )
     p.add_argument("--time-limit", type=float, default=150.0, help="seconds per cell at most")
     p.add_argument("--tokens", type=int, default=64)
