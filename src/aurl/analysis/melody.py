@@ -18,7 +18,7 @@ from importlib import resources
 import numpy as np
 import symusic
 
-from aurl.analysis.notes import NoteArray, score_notes
+from aurl.analysis.notes import NoteArray, overlap_pairs, score_notes
 
 GROUP_S = 0.03  # onsets closer than this form one group (a chord struck together)
 LOCAL_S = 2.0  # half-width of the context window for register and loudness
@@ -81,12 +81,9 @@ def note_features(notes: NoteArray) -> np.ndarray:
     # Highest pitch still sounding (from earlier groups) at each group's onset.
     g_time = notes.onset[starts]
     held_max = np.full(n_groups, -1.0)
-    for k in range(n_groups):
-        lo = np.searchsorted(notes.onset, g_time[k] - 8.0)
-        sl = slice(lo, starts[k])
-        mask = notes.offset[sl] > g_time[k] + 0.05
-        if mask.any():
-            held_max[k] = p[sl][mask].max()
+    seg, idx, _ = overlap_pairs(notes, np.r_[g_time, notes.end + 1.0])
+    held = (notes.onset[idx] < g_time[seg] - GROUP_S) & (notes.offset[idx] > g_time[seg] + 0.05)
+    np.maximum.at(held_max, seg[held], p[idx[held]])
     above_held = np.where(held_max[g] >= 0, p - held_max[g], 12.0)
     local_top = _window_mean(g_time, g_top, notes.onset, LOCAL_S)
     local_vel = _window_mean(notes.onset, v, notes.onset, LOCAL_S)
@@ -173,6 +170,10 @@ def extract_melody(
     prob = np.clip(melody_probability(notes, model), 1e-4, 1 - 1e-4)
     gain = np.log(prob / (1 - prob)) - np.log(model.threshold / (1 - model.threshold))
     g = onset_groups(notes)
+    if cfg.leap_cost == 0 and cfg.velocity_cost == 0:  # no continuity: the best note of each group
+        order = np.lexsort((prob, g))
+        best = order[np.r_[np.flatnonzero(np.diff(g[order])), len(order) - 1]]
+        return np.sort(best[gain[best] >= 0])
     order = np.lexsort((-prob, g))  # by group, most probable first
     starts = np.r_[0, np.flatnonzero(np.diff(g[order])) + 1, len(order)]
     K = cfg.candidates

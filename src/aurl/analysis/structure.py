@@ -69,6 +69,23 @@ def bar_melody(
     return np.asarray(rows) if rows else np.zeros((0, bpb * SLOTS_PER_BEAT), dtype=np.int64)
 
 
+def bar_harmony(chords: list, beats: np.ndarray, bar_idx: np.ndarray, bpb: int) -> np.ndarray:
+    """(bars, bpb) chord id sounding at each beat of each bar (ids in label order)."""
+    ch_start = np.array([c.start for c in chords]) if chords else np.zeros(1)
+    ch_id = {lab: k for k, lab in enumerate(sorted({c.label for c in chords}))}
+    ch_lab = np.array([ch_id[c.label] for c in chords]) if chords else np.zeros(1, dtype=int)
+    period = float(np.median(np.diff(beats))) if len(beats) > 1 else 0.5
+    beat_t = np.concatenate([beats, beats[-1] + period * np.arange(1, bpb + 1)])
+    harm = np.zeros((len(bar_idx), bpb), dtype=np.int64)
+    for r, b in enumerate(bar_idx):
+        t = beat_t[b : b + bpb] + 1e-3
+        t = np.pad(t, (0, bpb - len(t)), mode="edge")
+        harm[r] = ch_lab[
+            np.clip(np.searchsorted(ch_start, t, side="right") - 1, 0, len(ch_lab) - 1)
+        ]
+    return harm
+
+
 def similarity(mel: np.ndarray, harm: np.ndarray) -> np.ndarray:
     """(bars, bars) share of equal melody slots (both sounding) blended with equal chords."""
     sounding = mel >= 0
@@ -176,18 +193,7 @@ def find_sections(
     else:
         mel = bar_melody(mel_on, mel_off, mel_p, beats, bar_idx)
     bpb = mel.shape[1] // SLOTS_PER_BEAT
-    ch_start = np.array([c.start for c in chords]) if chords else np.zeros(1)
-    ch_id = {lab: k for k, lab in enumerate(sorted({c.label for c in chords}))}
-    ch_lab = np.array([ch_id[c.label] for c in chords]) if chords else np.zeros(1, dtype=int)
-    period = float(np.median(np.diff(beats)))
-    beat_t = np.concatenate([beats, beats[-1] + period * np.arange(1, bpb + 1)])
-    harm = np.zeros((len(bar_idx), bpb), dtype=np.int64)
-    for r, b in enumerate(bar_idx):
-        t = beat_t[b : b + bpb] + 1e-3
-        t = np.pad(t, (0, bpb - len(t)), mode="edge")
-        harm[r] = ch_lab[
-            np.clip(np.searchsorted(ch_start, t, side="right") - 1, 0, len(ch_lab) - 1)
-        ]
+    harm = bar_harmony(chords, beats, bar_idx, bpb)
     sim = similarity(mel, harm)
     ev = boundary_evidence(sim, mel, cfg)
     starts = segment_bars(ev, cfg)
