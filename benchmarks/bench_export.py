@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _size_mb(directory: Path) -> float:
-    files = [p for p in directory.iterdir() if p.suffix in (".onnx", ".safetensors")]
+    files = [p for p in directory.iterdir() if p.suffix in (".onnx", ".safetensors", ".bin")]
     return round(sum(p.stat().st_size for p in files) / 1e6, 2)
 
 

@@ -16,7 +16,7 @@ from tinymodel import make_bundle
 
 from aurl.bundle import load_bundle
 from aurl.cli import main
-from aurl.deploy.onnx_export import DECODE_FILE, PREFILL_FILE, export_onnx
+from aurl.deploy.onnx_export import DECODE_FILE, PREFILL_FILE, WEIGHTS_FILE, export_onnx
 from aurl.deploy.onnx_model import OnnxLM
 from aurl.generation.pipeline import plan_generation
 from aurl.generation.sample import sample
@@ -59,8 +59,11 @@ def test_onnx_generates_the_torch_tokens_past_the_context(exported):
 
 def test_int8_is_smaller_and_close(exported):
     torch_b, _onnx_b, int8_b, root = exported
-    size = lambda d: sum((d / f).stat().st_size for f in (PREFILL_FILE, DECODE_FILE))  # noqa: E731
-    assert size(root / "int8") < 0.5 * size(root / "fp32")
+    size = lambda d: sum((d / f).stat().st_size for f in (PREFILL_FILE, DECODE_FILE, WEIGHTS_FILE))  # noqa: E731
+    assert size(root / "int8") < 0.75 * size(root / "fp32")  # tiny: graph overhead dominates
+    # the two graphs share one copy of the weights: the fp32 export is about the model's size
+    params = sum(p.numel() for p in torch_b.model.parameters())
+    assert size(root / "fp32") < 1.2 * 4 * params
     x = torch.randint(1, torch_b.tokenizer.vocab_size, (1, 30), generator=torch.Generator().manual_seed(1))  # fmt: skip
     with torch.no_grad():  # sampling above grew the rotary tables in inference mode
         ref = torch.log_softmax(torch_b.model(x).logits, -1)

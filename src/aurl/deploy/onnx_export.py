@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"
+WEIGHTS_FILE = "weights.bin"
+"""Both graphs read their (identical) weights from this one file (ONNX external data)."""
+INLINE_BYTES = 1024
+"""Tensors smaller than this stay inside the graph files."""
 OPSET = 17
 
 
@@ -198,6 +202,39 @@ def quantize_int8(paths: dict[str, Path]) -> None:
         tmp.replace(path)
 
 
+def share_weights(paths: dict[str, Path]) -> None:
+    """Store each distinct weight tensor once, in ``weights.bin``, and point both graphs at it.
+
+    The exporter embeds the weights in each graph, so an export was twice the model. External data
+    is ONNX's own mechanism (a location, an offset and a length per tensor); identical tensors of
+    the two graphs share one range of the file.
+    """
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    models = {name: onnx.load(str(path)) for name, path in paths.items()}
+    out = next(iter(paths.values())).parent / WEIGHTS_FILE
+    seen: dict[str, tuple[int, int]] = {}
+    with open(out, "wb") as fh:
+        for model in models.values():
+            for tensor in model.graph.initializer:
+                raw = tensor.raw_data
+                if len(raw) < INLINE_BYTES:
+                    continue
+                key = hashlib.sha1(raw + bytes(str((tensor.data_type, list(tensor.dims))), "ascii")).hexdigest()  # fmt: skip
+                if key not in seen:
+                    seen[key] = (fh.tell(), len(raw))
+                    fh.write(raw)
+                offset, length = seen[key]
+                set_external_data(tensor, WEIGHTS_FILE, offset=offset, length=length)
+                tensor.ClearField("raw_data")
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+    for name, model in models.items():
+        onnx.save(model, str(paths[name]))
+
+
 def reference_decode(model: nn.Module, tokens: Tensor, positions: Tensor, past_keys: Tensor,
                      past_values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """The decode graph run in torch (tests compare onnxruntime against it)."""
@@ -228,15 +265,17 @@ def export_onnx(source, out, quantize: str | None = None) -> Path:
     paths = export_graphs(bundle.model, out)
     if quantize:
         quantize_int8(paths)
+    share_weights(paths)
     cfg = bundle.config
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=bundle.tokenizer.vocab_size))  # fmt: skip
     save_config(cfg, out / CONFIG_FILE)
     bundle.tokenizer.save(out)
-    size = sum(p.stat().st_size for p in paths.values())
+    size = sum(p.stat().st_size for p in [*paths.values(), out / WEIGHTS_FILE])
     atomic_write_text(out / CARD_FILE, (
         f"# {cfg.name} (ONNX{', INT8 dynamic' if quantize else ', fp32'})\n\n"
         f"- exported from: {source}\n- graphs: {PREFILL_FILE} (full context), {DECODE_FILE} "
-        f"(one step, KV cache as inputs)\n- size: {size / 1e6:.1f} MB\n\n"
+        f"(one step, KV cache as inputs), {WEIGHTS_FILE} (their shared weights)\n"
+        f"- size: {size / 1e6:.1f} MB\n\n"
         "Run with `aurl generate --model THIS_DIR`, `aurl evaluate THIS_DIR --data D`, "
         "`aurl serve --model THIS_DIR` (onnxruntime).\n"
     ))  # fmt: skip
