@@ -62,6 +62,7 @@ def draw_report(score: symusic.Score, analysis: dict, out: Path) -> Path:
     notes = score_notes(score)
     end = max(notes.end if len(notes) else 1.0, 1.0)
     rows = int(np.ceil(end / ROW_S))
+    row_s = ROW_S if rows > 1 else end + 0.5  # a short piece fills its one row
     lo = int(notes.pitch.min()) - 2 if len(notes) else 48
     hi = int(notes.pitch.max()) + 2 if len(notes) else 84
     span = hi - lo
@@ -81,7 +82,7 @@ def draw_report(score: symusic.Score, analysis: dict, out: Path) -> Path:
 
     for r in range(rows):
         ax = axes[r, 0]
-        t0, t1 = r * ROW_S, (r + 1) * ROW_S
+        t0, t1 = r * row_s, (r + 1) * row_s
         for b in analysis.get("beats", []):
             if t0 <= b < t1:
                 ax.axvline(b, color="#dddddd", linewidth=0.5, zorder=0)
