@@ -107,3 +107,20 @@ def test_batched_sampler_follows_the_model_and_cuts_each_row_after_eos():
     assert rows == [[1, 2, 3, 4, 5]] * 3
     rows = sample_tokens_batch(Counter(), 1, 3, gen, 2, eos_id=None)
     assert rows == [[1, 2, 3, 4]] * 2
+
+
+def test_batched_sampler_with_kv_cache_matches_full_recompute():
+    import torch
+
+    from aurl.config import ModelConfig
+    from aurl.models import build_model
+    from aurl.training.callbacks import sample_tokens_batch
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=64)
+    model = build_model(cfg)
+    cached = sample_tokens_batch(model, 1, 30, torch.Generator().manual_seed(3), 3, max_context=64)
+    full = sample_tokens_batch(model, 1, 30, torch.Generator().manual_seed(3), 3, max_context=20)
+    assert len(cached) == 3 and all(len(r) == 31 for r in cached)
+    # max_context=20 < 31 tokens: the recompute path, whose first 20 positions see the same context
+    assert [r[:21] for r in cached] == [r[:21] for r in full]

@@ -277,16 +277,28 @@ def sample_tokens_batch(
     eos_id: int | None = None,
     max_context: int = 1024,
 ) -> list[list[int]]:
-    """``num`` rows of :func:`sample_tokens` in one batch (same full recompute, B = num rows per
-    forward: far fewer, larger matmuls). A row is cut after its first EOS."""
+    """``num`` rows of :func:`sample_tokens` in one batch; a row is cut after its first EOS.
+
+    With a model that has ``new_cache`` (MusicTransformer) and a piece that fits its context, each
+    step feeds only the new token through the model's KV cache (the model contract of
+    ``aurl.models``); otherwise the window is recomputed every step. Full recompute made one
+    validation with 8 x 256 tokens of the shipped model take 263 CPU s (BENCHMARKS.md).
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     ids = torch.full((num, 1), bos_id, dtype=torch.long, device=device)  # (B, 1)
     done = torch.zeros(num, dtype=torch.bool)
+    cache = None
+    if hasattr(model, "new_cache") and num_tokens + 1 <= max_context:
+        cache = model.new_cache(num, num_tokens + 1)
     try:
         for _ in range(num_tokens):
-            logits = model(ids[:, -max_context:]).logits[:, -1].float()  # (B, V)
+            if cache is None:
+                logits = model(ids[:, -max_context:]).logits[:, -1].float()  # (B, V)
+            else:  # the cache holds every earlier position: feed the newest token only
+                step = ids if cache.length == 0 else ids[:, -1:]
+                logits = model(step, cache=cache, logits_for="last").logits[:, -1].float()
             probs = torch.softmax(logits, dim=-1).cpu()
             nxt = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
             ids = torch.cat([ids, nxt.to(device)], dim=1)  # (B, T+1)
