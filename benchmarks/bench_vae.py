@@ -3,6 +3,8 @@
     python benchmarks/bench_vae.py data/bach --minutes 3
     python benchmarks/bench_vae.py data/bach --minutes 0.3 --tiny      # smoke test
     python benchmarks/bench_vae.py data/bach --skip-train               # re-measure runs/bench_vae
+    python benchmarks/bench_vae.py data/bach --config configs/bach_vae_conductor.yaml --modes vae \
+        --work runs/bench_vae_conductor --out benchmarks/results/vae_conductor.json   # issue 13
 
 Trains ``configs/bach_vae.yaml`` twice (model.mode=vae, then vae_gan; same seed, same minutes),
 then measures on the test split: reconstruction accuracy (teacher-forced and greedy from the
@@ -10,6 +12,12 @@ posterior mean), reconstruction bits per note, KL per latent group, active units
 interpolation between the first segments of two held-out chorales (every middle step decodable,
 pitches within the test set's range, note F1 of each step against each end's segment); and 100 prior samples against the test segments
 (pitch-class histogram distance, mean polyphony, note density).
+
+Issue 13's latent-space checks (``latent_checks``): 8-step interpolations between the first
+segments of ``--pairs`` pairs of test chorales (Spearman correlation of note F1 vs A and vs B with
+the step index, averaged over pairs; every step decoded through the grammar and checked as music)
+and ``vary`` at amounts 0.1/0.3/0.6/1.0 (mean note F1 of the variations to their source; identical
+variations counted). The load average is recorded beside every timing: the CPU cores are shared.
 Writes ``benchmarks/results/vae.json`` and ``vae.md``; the GAN's loss curves go to
 ``benchmarks/results/vae_gan_losses.png``.
 """
@@ -17,8 +25,10 @@ Writes ``benchmarks/results/vae.json`` and ``vae.md``; the GAN's loss curves go 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -27,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from aurl.config import atomic_write_text, load_config
 from aurl.generation.latent import first_segment
@@ -106,6 +117,70 @@ def interp_step(
     }
 
 
+def _spearman(values: list[float]) -> float:
+    """Spearman correlation of ``values`` with their index; 0 when ``values`` are all equal."""
+    if len(set(values)) < 2:
+        return 0.0
+    return float(spearmanr(np.arange(len(values)), values).statistic)
+
+
+def latent_checks(
+    bundle, test: list[np.ndarray], ref: dict, pairs: int, steps: int, amounts: list[float]
+) -> dict:
+    """Interpolation monotonicity over ``pairs`` test pairs and ``vary`` distance by amount."""
+    from aurl.generation.latent import decode_rows, encode_ids
+
+    model, tok = bundle.model, bundle.tokenizer
+    t0 = time.perf_counter()
+    per_pair = []
+    for i in range(min(pairs, len(test) - 1)):
+        a, b = test[i], test[i + 1]
+        za, zb = encode_ids(model, tok, a), encode_ids(model, tok, b)
+        rows = decode_rows(bundle, model.interpolate(za, zb, steps), 0.0, 1.0, seed=0)
+        ends = tuple(first_segment(model, tok, x)[0].tolist() for x in (a, b))
+        checked = [interp_step(tok, ref, k, row, ends) for k, row in enumerate(rows)]
+        per_pair.append({
+            "pair": [i, i + 1],
+            "f1_vs_a": [c["note_f1_vs_a"] for c in checked],
+            "f1_vs_b": [c["note_f1_vs_b"] for c in checked],
+            "spearman_a": _spearman([c["note_f1_vs_a"] for c in checked]),
+            "spearman_b": _spearman([c["note_f1_vs_b"] for c in checked]),
+            "all_valid": all(c["decodable"] for c in checked),
+            "all_in_range": all(c["pitches_in_test_range"] for c in checked),
+        })  # fmt: skip
+    interp_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vary = []
+    sources = test[: max(1, min(5, len(test)))]
+    for amount in amounts:
+        f1s, identical = [], 0
+        for j, piece in enumerate(sources):
+            z = encode_ids(model, tok, piece)
+            gen = torch.Generator().manual_seed(j)
+            rows = decode_rows(bundle, model.vary(z, amount, 4, gen), 0.0, 1.0, seed=j)
+            src = first_segment(model, tok, piece)[0].tolist()
+            f1s += [note_f1(tok, src, r) for r in rows]
+            identical += len(rows) - len({tuple(r) for r in rows})
+        vary.append(
+            {"amount": amount, "mean_f1_to_source": float(np.mean(f1s)), "identical": identical}
+        )
+    means = [v["mean_f1_to_source"] for v in vary]
+    return {
+        "interpolation_pairs": per_pair,
+        "interp_steps": steps,
+        "spearman_a_mean": float(np.mean([p["spearman_a"] for p in per_pair])),
+        "spearman_b_mean": float(np.mean([p["spearman_b"] for p in per_pair])),
+        "interp_all_valid": all(p["all_valid"] for p in per_pair),
+        "interp_wall_s": round(interp_s, 1),
+        "vary": vary,
+        "vary_sources": len(sources),
+        "vary_monotonic": all(x > y for x, y in itertools.pairwise(means)),
+        "vary_identical_total": sum(v["identical"] for v in vary),
+        "vary_wall_s": round(time.perf_counter() - t0, 1),
+        "loadavg_after": os.getloadavg(),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # one mode
 
@@ -119,6 +194,8 @@ def run_mode(
     samples: int,
     results: Path,
     skip_train: bool = False,
+    config: Path = ROOT / "configs" / "bach_vae.yaml",
+    pairs: int = 10,
 ) -> dict:
     from aurl.bundle import load_bundle
     from aurl.data.dataset import PreparedData
@@ -127,7 +204,7 @@ def run_mode(
     from aurl.training.vae_module import SegmentDataset, _split_pieces, vae_metrics
 
     cfg = load_config(
-        ROOT / "configs" / "bach_vae.yaml",
+        config,
         [f"model.mode={mode}", f"data.path={data}", f"trainer.max_time_minutes={minutes}",
          "trainer.max_steps=1000000", "trainer.val_every_steps=100", "trainer.checkpoint_every_steps=100",
          "trainer.samples_per_validation=0", *overrides],
@@ -140,6 +217,7 @@ def run_mode(
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an older one
         t0 = time.perf_counter()
+        load_before = os.getloadavg()
         run.train(cfg, run_dir)
         train_s = time.perf_counter() - t0
     steps = int(
@@ -153,7 +231,10 @@ def run_mode(
     bundle = load_bundle(run_dir)
     prepared = PreparedData(data)
     tok = bundle.tokenizer
+    load_measure = os.getloadavg()
+    t0 = time.perf_counter()
     metrics = vae_metrics(bundle, prepared, "test", greedy_segments=16)
+    metrics["wall_s"] = round(time.perf_counter() - t0, 1)
 
     # interpolation between the first segments of two held-out chorales
     test = _split_pieces(prepared, "test")
@@ -179,6 +260,7 @@ def run_mode(
     seg_rows = [s[0].tolist() for s in seg_ds.segments]
     gen_st, test_st = score_stats(tok, rows), score_stats(tok, seg_rows)
     pc_l1 = float(np.abs(np.array(gen_st["pc_hist"]) - np.array(test_st["pc_hist"])).sum())
+    checks = latent_checks(bundle, test, ref, pairs, 8, [0.1, 0.3, 0.6, 1.0])
     result = {
         "mode": mode,
         "train_minutes": minutes,
@@ -201,6 +283,13 @@ def run_mode(
             "decodable_notes": gen_st["notes"],
         },
         "gan_losses_png": None,
+        "latent_checks": checks,
+        "decoder": bundle.config.model.vae.decoder,
+        "config": str(shown(config)),
+        "loadavg": {
+            "train_start": None if skip_train else load_before,
+            "measure_start": load_measure,
+        },
     }
     if (run_dir / "gan_losses.png").is_file():
         dest = results / "vae_gan_losses.png"
@@ -227,6 +316,17 @@ def render(results: list[dict]) -> str:
         ("prior: pitch-class L1 vs test", lambda r: f"{r['prior_samples']['pc_hist_l1_vs_test']:.3f}"),
         ("prior: polyphony (test)", lambda r: f"{r['prior_samples']['mean_polyphony']:.2f} ({r['prior_samples']['test_mean_polyphony']:.2f})"),
         ("prior: notes/beat (test)", lambda r: f"{r['prior_samples']['notes_per_beat']:.2f} ({r['prior_samples']['test_notes_per_beat']:.2f})"),
+        ("active units vs posterior noise, global / bar",
+         lambda r: f"{r['metrics'].get('active_units_vs_noise_global', '-')} / {r['metrics'].get('active_units_vs_noise_bar', '-')}"),
+        ("interp. 8 steps: Spearman F1 vs A / vs B (mean over pairs)",
+         lambda r: f"{r['latent_checks']['spearman_a_mean']:.2f} / {r['latent_checks']['spearman_b_mean']:.2f} ({len(r['latent_checks']['interpolation_pairs'])} pairs)"),
+        ("interp. 8 steps: every step valid", lambda r: f"{r['latent_checks']['interp_all_valid']}"),
+        ("vary: mean F1 to source at 0.1 / 0.3 / 0.6 / 1.0",
+         lambda r: " / ".join(f"{v['mean_f1_to_source']:.2f}" for v in r["latent_checks"]["vary"])),
+        ("vary: monotonic / identical variations",
+         lambda r: f"{r['latent_checks']['vary_monotonic']} / {r['latent_checks']['vary_identical_total']}"),
+        ("load average (1 min) at train / measure start",
+         lambda r: f"{(r['loadavg']['train_start'] or ['-'])[0]} / {r['loadavg']['measure_start'][0]:.1f}"),
     ]  # fmt: skip
     head = "| metric | " + " | ".join(r["mode"] for r in results) + " |"
     lines = [head, "|" + " --- |" * (len(results) + 1)]
@@ -295,6 +395,10 @@ def main() -> None:
         "--skip-train", action="store_true",
         help="measure the runs already in WORK (steps and wall time from their summary.txt)",
     )  # fmt: skip
+    p.add_argument(
+        "--config", type=Path, default=ROOT / "configs" / "bach_vae.yaml", help="training config"
+    )
+    p.add_argument("--pairs", type=int, default=10, help="test pairs for the interpolation check")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_intermixed_args()  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -311,6 +415,8 @@ def main() -> None:
             args.samples,
             args.out.parent,
             skip_train=args.skip_train,
+            config=args.config,
+            pairs=args.pairs,
         )
         for m in args.modes
     ]

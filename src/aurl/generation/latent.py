@@ -38,6 +38,9 @@ from aurl.models.vae import Latents, MusicVAE, cut_segments, pack_segment
 log = logging.getLogger(__name__)
 
 TOKENS_PER_BEAT_CAP = 64
+HURRY_TOKENS = 24
+"""Conductor decoding: in the last this many tokens of a bar's budget a row may only end notes and
+move time, so it reaches the bar line (a chorale bar holds ~63 tokens, the budget is 4x that)."""
 """Decode budget per beat (Bach averages ~18 tokens per beat; see pipeline.TOKENS_PER_BEAT_CAP)."""
 
 
@@ -168,7 +171,9 @@ def decode_bars(
     own row ``BOS bar EOS``); a row leaves bar k once its time (the grammar state, carried
     across bars so notes held over the bar line can still end) reaches the bar line. The same
     grammar and length constraints as :func:`decode_rows` apply; row ``i`` samples with seed
-    ``seed + i``.
+    ``seed + i``. In the last ``HURRY_TOKENS`` of a bar's token budget note starts are banned,
+    so a row that spends its budget on notes still reaches the bar line (each bar, and so the
+    segment, fills exactly its beats).
     """
     v = model.cfg.vae
     vocab = C.Vocab.from_tokenizer(tok)
@@ -181,6 +186,7 @@ def decode_bars(
     prefix = model.bar_prefix(latents)  # (B, K, P, C)
     P = prefix.shape[2]
     cap = min(TOKENS_PER_BEAT_CAP * v.beats_per_bar, model.cfg.max_seq_len - P - 1)
+    hurry = torch.from_numpy(vocab.note_on | vocab.mask_of("TimeSig"))[: model.cfg.vocab_size]
     device = prefix.device
     bodies: list[list[int]] = [[] for _ in range(B)]
     ended = [False] * B  # EOS chosen (only possible once the segment's time is full)
@@ -192,10 +198,16 @@ def decode_bars(
         cache = model.decoder.new_cache(B, P + cap + 1)
         cur = torch.full((B, 1), tok.bos_id, dtype=torch.long, device=device)  # (B, 1)
         out = model.decoder(cur, cache=cache, prefix=prefix[:, k], logits_for="last")
-        for _ in range(cap):
+        for step in range(cap):
             logits = out.logits[:, -1].float().cpu()  # (B, V)
             logits[:, [tok.pad_id, tok.bos_id]] = float("-inf")
-            logits = cons.apply(logits)
+            if cap - step <= HURRY_TOKENS:
+                plain = cons.apply(logits)
+                logits = cons.apply(logits.masked_fill(hurry[: logits.shape[1]], float("-inf")))
+                dead = torch.isneginf(logits).all(-1)  # (B,) the grammar allowed only note starts
+                logits[dead] = plain[dead]
+            else:
+                logits = cons.apply(logits)
             nxt = [tok.pad_id] * B
             for b in range(B):
                 if not active[b]:
