@@ -255,3 +255,26 @@ def test_note_f1_counts_matching_notes_not_token_positions(prepared):
     assert note_f1(tok, ref, []) == 0.0
     half = note_f1(tok, ref, ref[: len(ref) // 2])  # about half the notes: F1 ~ 2/3
     assert 0.4 < half < 0.9
+
+
+def test_conductor_objective_adds_the_weighted_bag_of_notes_term(prepared, tmp_path):
+    tok = prepared.tokenizer
+    torch.manual_seed(0)
+    cfg = run_cfg("vae", tok.vocab_size, decoder="conductor", bow_weight=0.5)
+    module = VAEModule(cfg, tok.vocab_size)
+    ds = SegmentDataset(prepared.split("train").pieces, tok, module.vcfg, 64)
+    m = _fit(module, ds, tmp_path).logged_metrics
+    want = m["train/recon"] + m["train/beta"] * m["train/kl_penalized"] + 0.5 * m["train/bow"]
+    assert float(m["train/loss"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(m["train/bow"]) > 0 and math.isfinite(float(m["val/acc"]))
+
+
+def test_vae_gan_trains_on_the_conductors_bar_rows(prepared, tmp_path):
+    tok = prepared.tokenizer
+    torch.manual_seed(0)
+    module = VAEModule(run_cfg("vae_gan", tok.vocab_size, decoder="conductor"), tok.vocab_size)
+    ds = SegmentDataset(prepared.split("train").pieces, tok, module.vcfg, 64)
+    trainer = _fit(module, ds, tmp_path)
+    assert trainer.global_step == 3
+    for name in ("train/adv_g", "train/adv_d", "train/bow"):
+        assert math.isfinite(float(trainer.logged_metrics[name])), name
