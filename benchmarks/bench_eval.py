@@ -99,6 +99,34 @@ def combined_md(runs: dict, specs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def callback_figures(args, md: list[str]) -> dict:
+    """One validation's worth of the SampleQuality callback on the shipped model (val split)."""
+    from types import SimpleNamespace
+
+    from aurl.bundle import load_bundle
+    from aurl.training.callbacks import SampleQuality
+
+    bundle = load_bundle(REPO / "models" / "bach_small")
+    logged: dict = {}
+    module = SimpleNamespace(
+        model=bundle.model, max_seq_len=bundle.config.model.max_seq_len,
+        log=lambda name, value, **kw: logged.__setitem__(name, value),
+    )  # fmt: skip
+    cb = SampleQuality(args.data, bundle.tokenizer, args.callback_samples, args.callback_tokens, 0)
+    load0 = os.getloadavg()
+    trainer = SimpleNamespace(sanity_checking=False, global_step=0)
+    _, wall, cpu = timed(lambda: cb.on_validation_epoch_end(trainer, module))
+    fig = {"samples": args.callback_samples, "tokens": args.callback_tokens, "wall_s": wall,
+           "cpu_s": cpu, "logged": logged, "loadavg": [load0, os.getloadavg()]}  # fmt: skip
+    md.append(
+        f"### Validation callback: shipped model, trainer.eval_samples={args.callback_samples}, "
+        f"sample_tokens={args.callback_tokens}, against the val split\n\n"
+        f"logged {', '.join(f'{k} = {v:.3f}' for k, v in logged.items())}; one validation took "
+        f"{wall:.1f} s wall, {cpu:.1f} s CPU (load average {load0[0]:.1f}).\n"
+    )
+    return fig
+
+
 def strip(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("skipped",)} | {
         "skipped": result.get("skipped", [])
@@ -111,6 +139,13 @@ def main() -> int:
     ap.add_argument("--model-samples", type=Path, default=REPO / "out" / "eval_before")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--random", type=int, default=100, help="random-note pieces")
+    ap.add_argument(
+        "--callback-samples",
+        type=int,
+        default=0,
+        help="also time the SampleQuality callback with N samples of the shipped model",
+    )
+    ap.add_argument("--callback-tokens", type=int, default=512)
     args = ap.parse_args()
     print("command:", " ".join([".venv/bin/python", *sys.argv]), flush=True)
 
@@ -234,6 +269,10 @@ def main() -> int:
                   f"{ {k: v for k, v in nan.items() if v} or 'none'}.\n")  # fmt: skip
 
     md.insert(5, combined_md(runs, specs))
+    # 6: the validation callback on the shipped model (trainer.eval_samples=N)
+    if args.callback_samples:
+        out["callback"] = callback_figures(args, md)
+
     out["runs"] = {k: strip(v) for k, v in runs.items()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "eval_suite.json").write_text(json.dumps(out, indent=2) + "\n")
