@@ -80,6 +80,7 @@ def test_train_records_the_corpus_generation_defaults(tiny_run):
 
     sample = load_config(tiny_run / "config.yaml").sample
     assert sample.max_note_beats > 0 and sample.max_polyphony >= 1 and sample.programs
+    assert sample.release_after_beats > 0 and sample.bpm > 0
 
 
 def test_train_refuses_to_overwrite_an_existing_run(tiny_run, tiny_data, capsys):
@@ -113,7 +114,8 @@ def test_sigkill_then_resume_continues_from_the_last_checkpoint(tiny_data, tmp_p
     last = run_dir / "checkpoints" / "last.ckpt"
     cmd = [sys.executable, "-m", "aurl.cli", "train", "--config", str(TINY), "--data", str(tiny_data),
            "--out", str(run_dir), f"trainer.max_steps={total}", "trainer.checkpoint_every_steps=5",
-           "trainer.val_every_steps=1000", "trainer.samples_per_validation=0"]  # fmt: skip
+           "trainer.val_every_steps=1000", "trainer.samples_per_validation=0",
+           "trainer.keep_checkpoints=0"]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
         stdout=subprocess.DEVNULL,

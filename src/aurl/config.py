@@ -339,6 +339,9 @@ class SampleConfig:
     """No generated note lasts longer (tokenizer beats). Training sets it to the longest note of
     its train split (``aurl.generation.corpus_stats``); 0 = not measured (generation then uses
     ``generation.pipeline.FALLBACK_NOTE_BEATS``)."""
+    bpm: float = 0.0
+    """Tempo of pieces generated without a prompt: the train split's median first tempo, measured
+    at training; 0 = unknown (generation.pipeline.DEFAULT_BPM)."""
     release_after_beats: float = 0.0
     """Notes held longer than this are pushed to end (a soft penalty on advancing time); training
     sets it to the train split's 99.9th percentile of note length; 0 = off."""
@@ -352,6 +355,7 @@ class SampleConfig:
         _check_positive("sample.max_note_beats", self.max_note_beats, allow_zero=True)
         _check_positive("sample.max_polyphony", self.max_polyphony, allow_zero=True)
         _check_positive("sample.release_after_beats", self.release_after_beats, allow_zero=True)
+        _check_positive("sample.bpm", self.bpm, allow_zero=True)
         self.programs = tuple(int(p) for p in self.programs)
         if any(not 0 <= p <= 127 for p in self.programs):
             raise ValueError(f"sample.programs={list(self.programs)} must be programs 0-127")

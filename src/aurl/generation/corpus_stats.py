@@ -11,9 +11,11 @@ the corpus uses, and only its dominant instrument(s) unless asked otherwise (iss
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -93,3 +95,21 @@ def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
         program_shares=shares,
         note_beats_p999=float(np.percentile(arr, 99.9)),
     )
+
+
+def median_tempo(paths: Iterable[str | os.PathLike]) -> float | None:
+    """Median first tempo (quarter notes per minute) of the MIDI files that exist and load; None
+    when none does (e.g. a prepared directory whose source files were moved)."""
+    from aurl.data.midi_io import MidiLoadError, load_score
+
+    tempos = []
+    for path in paths:
+        if Path(path).suffix.lower() not in (".mid", ".midi") or not Path(path).is_file():
+            continue
+        try:
+            score, _ = load_score(path)
+        except MidiLoadError:
+            continue
+        if len(score.tempos):
+            tempos.append(float(score.tempos[0].qpm))
+    return float(np.median(tempos)) if tempos else None

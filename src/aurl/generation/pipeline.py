@@ -28,9 +28,9 @@ from aurl.generation.sample import StopRule, beam_search, sample, seconds_to_bea
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BPM = 96.0
-"""Tempo when no prompt gives one: music21 writes the Bach chorales at 96 BPM (measured on
-bwv66.6), and the shipped model learned from those."""
+DEFAULT_BPM = 120.0
+"""Tempo when neither a prompt nor the model's corpus gives one (``sample.bpm``, measured at
+training): MIDI's own default, and the tempo of 340 of music21's 410 Bach chorale exports."""
 FALLBACK_NOTE_BEATS = 16.0
 """Note-length cap for models trained before ``sample.max_note_beats`` was measured: four 4/4 bars
 (Bach's longest note is 12 beats, POP909's and MAESTRO's are well under 16)."""
@@ -187,10 +187,11 @@ def _score_programs(score: symusic.Score | None) -> set[int]:
     return {int(t.program) for t in score.tracks if not t.is_drum and len(t.notes)}
 
 
-def _tempo(score: symusic.Score | None) -> float:
+def _tempo(score: symusic.Score | None, corpus_bpm: float = 0.0) -> float:
+    """The prompt's first tempo, else the corpus's median (``sample.bpm``), else DEFAULT_BPM."""
     if score is not None and len(score.tempos):
         return float(score.tempos[0].qpm)
-    return DEFAULT_BPM
+    return corpus_bpm or DEFAULT_BPM
 
 
 def _with_tempo(score: symusic.Score, bpm: float) -> symusic.Score:
@@ -289,7 +290,7 @@ def plan_generation(
             # open in an allowed instrument: with change-only Program tokens the model would
             # otherwise start in program 0, and a rarely seen Program token may never be drawn
             prompt_ids = [*prompt_ids, int(np.flatnonzero(vocab.program == programs[0])[0])]
-    bpm = _tempo(prompt_score)
+    bpm = _tempo(prompt_score, bundle.config.sample.bpm)
     # one meter throughout, so --bars counts real bars: the prompt's (else 4/4) unless asked
     time_signature = time_signature or prompt_signature(prompt_ids, vocab, prompt_score)
     start = C.replay(

@@ -282,19 +282,25 @@ def corpus_sample_defaults(cfg: RunConfig, tokenizer) -> SampleConfig:
     """``cfg.sample`` with the generation defaults that were left unset (0 / empty) measured on
     the train split: longest note, voice limit, dominant programs (issue 15)."""
     s = cfg.sample
-    if s.max_note_beats and s.release_after_beats and s.max_polyphony and s.programs:
+    if s.max_note_beats and s.release_after_beats and s.max_polyphony and s.programs and s.bpm:
         return s
     from aurl.data.dataset import PreparedData
-    from aurl.generation.corpus_stats import measure
+    from aurl.generation.corpus_stats import measure, median_tempo
     from aurl.generation.state import Vocab
 
-    split = PreparedData(cfg.data.path).split("train")
+    data = PreparedData(cfg.data.path)
+    split = data.split("train")
     stats = measure((split.piece(i) for i in range(len(split))), Vocab.from_tokenizer(tokenizer))
-    log.info("generation defaults from the train split: %s", stats.render())
+    root = Path(data.manifest.get("root") or "")
+    bpm = s.bpm or median_tempo(root / name for name in split.names) or 0.0
+    log.info(
+        "generation defaults from the train split: %s; tempo %s", stats.render(), bpm or "unknown"
+    )
     return dataclasses.replace(
         s,
         max_note_beats=s.max_note_beats or stats.max_note_beats,
         release_after_beats=s.release_after_beats or stats.note_beats_p999,
+        bpm=bpm,
         max_polyphony=s.max_polyphony or stats.max_polyphony,
         programs=s.programs or stats.programs,
     )
