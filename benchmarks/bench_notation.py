@@ -5,6 +5,7 @@ Run:
   .venv/bin/python benchmarks/bench_notation.py build  [--dir DIR]
   .venv/bin/python benchmarks/bench_notation.py prepare --label after [--src SRC] [--limit-s 600]
   .venv/bin/python benchmarks/bench_notation.py compare [--n 20]
+  .venv/bin/python benchmarks/bench_notation.py prepare --input music21:palestrina --label palestrina
 
 build    copies the issue's folder: every file under music21's corpus folders beethoven, mozart,
          haydn, monteverdi, chopin, handel, corelli, schoenberg, webern, verdi and joplin except
@@ -106,7 +107,7 @@ def _count_parts(out: Path) -> dict:
     return {"files_ok_in_parts": ok, "files_failed_in_parts": failed}
 
 
-def run_prepare(folder: Path, label: str, src: Path | None, limit_s: float, extra: list[str]):
+def run_prepare(folder: Path | str, label: str, src: Path | None, limit_s: float, extra: list[str]):
     out = Path(f"/tmp/aurl_notation_out_{label}")
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
@@ -178,6 +179,7 @@ def main() -> None:
     b.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     p = sub.add_parser("prepare")
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    p.add_argument("--input", help="prepare this instead of --dir (e.g. music21:palestrina)")
     p.add_argument("--label", required=True)
     p.add_argument("--src", type=Path, help="PYTHONPATH for another checkout's src")
     p.add_argument("--limit-s", type=float, default=600.0)
@@ -191,6 +193,8 @@ def main() -> None:
         info = build(args.dir)
         _save("folder", info)
         print(json.dumps(info, indent=1))
+    elif args.what == "prepare" and args.input:
+        run_prepare(args.input, args.label, args.src, args.limit_s, args.extra)
     elif args.what == "prepare":
         if not args.dir.is_dir():
             build(args.dir)
