@@ -42,7 +42,15 @@ from aurl.models.discriminator import (
     r1_penalty,
     relaxed_tokens,
 )
-from aurl.models.vae import MusicVAE, VAEOutput, build_vae, cut_segments, gaussian_kl, pack_segment
+from aurl.models.vae import (
+    Latents,
+    MusicVAE,
+    VAEOutput,
+    build_vae,
+    cut_segments,
+    gaussian_kl,
+    pack_segment,
+)
 from aurl.training.module import lr_factor, param_groups
 
 log = logging.getLogger(__name__)
@@ -490,6 +498,9 @@ def vae_metrics(
     - ``active_units_vs_noise_global`` / ``_bar``: dimensions whose posterior mean varies over the
       split by more than the posterior's own noise (Var_x[mu] > E_x[sigma^2]): a dimension whose
       means move by less than its sampling noise tells the decoder little (issue 13).
+    - ``z_usage_nats_per_segment``: how much worse the teacher-forced NLL gets when each segment is
+      decoded from another segment's posterior mean (the batch rolled by one): ~0 for a decoder
+      that ignores z, large for one that takes the music from it.
     - ``recon_note_f1`` (= ``recon_note_f1_greedy``) and ``kl_per_segment`` (per latent group and
       total, nats): the keys ``aurl evaluate`` promises for a VAE.
     """
@@ -507,6 +518,7 @@ def vae_metrics(
     kl_g = kl_b = 0.0
     mus_g, mus_b, vars_g, vars_b = [], [], [], []
     greedy_hits = greedy_total = 0
+    swap_gap, swap_segments = 0.0, 0
     f1s: list[float] = []
     try:
         for start in range(0, n, batch_size):
@@ -521,6 +533,12 @@ def vae_metrics(
             valid = tgt != 0
             ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")  # (B, T-1)
             nll += float((ce * valid).sum())
+            if len(rows) > 1:  # the same segments decoded from their neighbours' latents
+                other = Latents(z.z_g.roll(1, 0), None if z.z_b is None else z.z_b.roll(1, 0))
+                logits_o = model.teacher_forced(tokens, other, bar_ids)[0].float()
+                ce_o = F.cross_entropy(logits_o.transpose(1, 2), tgt, reduction="none")
+                swap_gap += float(((ce_o - ce) * valid).sum())
+                swap_segments += len(rows)
             correct += float(((logits.argmax(-1) == tgt) & valid).sum())
             count += float(valid.sum())
             notes += sum(tok.count_notes(t[t != 0].tolist()) for t in tokens.cpu())
@@ -573,6 +591,7 @@ def vae_metrics(
         "recon_note_f1": f1,
         "greedy_segments": min(n, greedy_segments),
         "recon_nll_per_token": nll / max(count, 1.0),
+        "z_usage_nats_per_segment": swap_gap / max(swap_segments, 1),
         "bits_per_note": bits / max(notes, 1.0),
         "elbo_bits_per_note": (bits + kl_total / math.log(2)) / max(notes, 1.0),
         "kl_global": kl_g / max(n, 1),
