@@ -161,6 +161,7 @@ def render(report: dict) -> str:
     lines += [f"  failed: {f['path']}: {f['reason']}" for f in s["failed"][:5]]
     if s.get("slowest"):
         lines.append(
-            "  slowest loads: " + ", ".join(f"{x['path']} {x['seconds']:.1f}s" for x in s["slowest"])
+            "  slowest loads: "
+            + ", ".join(f"{x['path']} {x['seconds']:.1f}s" for x in s["slowest"])
         )
     return "\n".join(lines)
