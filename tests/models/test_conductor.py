@@ -130,3 +130,39 @@ def test_conductor_decode_joins_one_row_per_bar():
 def test_config_rejects_an_unknown_decoder():
     with pytest.raises(ValueError, match=r"model\.vae\.decoder"):
         VAEConfig(decoder="lstm")
+
+
+def test_conductor_reconstructs_random_bars_through_the_latents():
+    """Random bars have nothing to predict them but z (each bar row starts from an empty context):
+    after a short fit, greedy decoding from the posterior means gives the bars back."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n, K, per_bar = 8, 2, 5
+    bodies = torch.randint(3, V, (n, K * per_bar), generator=g)
+    tokens = torch.cat([torch.ones(n, 1, dtype=torch.long), bodies, torch.full((n, 1), 2)], 1)
+    bars = torch.cat(
+        [torch.zeros(n, 1), torch.arange(K).repeat_interleave(per_bar).expand(n, -1),
+         torch.full((n, 1), K - 1)], 1,
+    ).long()  # fmt: skip
+    model = build_vae(tiny_cfg(bars_per_segment=K, latent_dim=16, bar_latent_dim=8))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is ~50x faster on a loaded machine
+    try:
+        for _ in range(60):  # 40 steps reached 100 % on this seed (1 s)
+            out = model(tokens, tokens != 0, bars, generator=g)
+            loss = out.recon + out.bow + 1e-3 * (out.kl_g.sum(-1) + out.kl_b.sum((1, 2))).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    z = model.posterior_mean(model.encode(tokens, tokens != 0, bars))
+    rows = model.decode(z, per_bar + 1, bos_id=1, eos_id=2)
+    hits = sum(
+        a == b
+        for row, ref in zip(rows, bodies.tolist(), strict=True)
+        for a, b in zip(row[1:-1], ref, strict=False)
+    )
+    assert hits / bodies.numel() >= 0.9
