@@ -268,3 +268,22 @@ def test_cli_prepares_a_notation_folder_with_a_timeout_and_music21_names_are_che
     assert notes["tiny.musicxml"] == 14  # the hand-written score of test_notation, unfolded
     assert main(["prepare", "music21:nope", "--out", str(tmp_path / "x")]) == 2
     assert "use one of music21:quartets" in capsys.readouterr().err
+
+
+def test_progress_bar_moves_once_per_file(folder, tmp_path, monkeypatch):
+    updates: list[int] = []
+
+    class Bar:  # records what prepare tells tqdm
+        def __init__(self, *args, total=None, initial=0, **kwargs):
+            updates.append(initial)
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(prep, "tqdm", Bar)
+    monkeypatch.setattr(prep, "CHUNK_FILES", 4)  # 7 files in 2 chunks: still 7 steps of 1
+    prep.prepare(str(folder), tmp_path / "out", TokenizerConfig(), workers=2, timeout=60)
+    assert updates == [0] + [1] * 7
