@@ -98,3 +98,16 @@ def test_real_pop909_song_merged_into_one_track():
         offset_ratio=None,
     )
     assert f1 > 0.6
+
+
+def test_analysis_never_imports_models_training_or_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aurl.analysis.run, aurl.analysis.report; "
+        "bad = [m for m in sys.modules if m.startswith(('aurl.models', 'aurl.training', 'torch'))]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
