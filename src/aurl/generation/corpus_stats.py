@@ -10,7 +10,6 @@ the corpus uses, and only its dominant instrument(s) unless asked otherwise (iss
 
 from __future__ import annotations
 
-import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -26,11 +25,12 @@ DOMINANT_SHARE = 0.05
 Bach export 24 of 1,767 tracks carry a stray program (54, 24, 19 ...: each ≤ 2 % of the notes) and
 program 0 plays 96 %; a sampled stray Program token made 25 of 100 pieces switch instrument."""
 
-POLYPHONY_PERCENTILE = 90
-"""Default voice limit: the 90th percentile of the per-piece maximum of sounding notes. Bach
-(train split): 330 of 375 chorales never exceed 4 voices, 21 reach 5, 23 outliers reach 6-12 where
-the export doubles a voice with an instrument part; p90 gives 5, p95 7. A user can lift it with
-``--max-polyphony``."""
+# Default voice limit: the voice count most pieces keep to, i.e. the most common per-piece maximum
+# of sounding notes (ties: the larger). Bach (train split): 330 of 375 chorales never exceed 4
+# voices, 21 reach 5, 23 outliers reach 6-12 where the export doubles a voice with an instrument
+# part; the mode gives 4. Its 90th percentile (5) was tried first: with it, 100 pieces of the
+# shipped model averaged 4.2-4.4 sounding notes where every chorale has 4.0, and the suite's
+# polyphony overlap fell to 0.2-0.3. `--max-polyphony` lifts it.
 
 
 @dataclass
@@ -50,7 +50,7 @@ class CorpusStats:
         return (
             f"{self.pieces} pieces, {self.notes} notes; longest note {self.max_note_beats:g} beats "
             f"(99.9 % <= {self.note_beats_p999:g}); voices <= {self.max_polyphony} "
-            f"(p{POLYPHONY_PERCENTILE} of per-piece maxima); programs {list(self.programs)} ({shares})"
+            f"(most pieces' maximum); programs {list(self.programs)} ({shares})"
         )
 
 
@@ -90,7 +90,7 @@ def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
         pieces=n_pieces,
         notes=notes,
         max_note_beats=float(arr.max()),
-        max_polyphony=math.ceil(np.percentile(poly_max, POLYPHONY_PERCENTILE)),
+        max_polyphony=max(Counter(poly_max).most_common(), key=lambda pc: (pc[1], pc[0]))[0],
         programs=dominant or tuple(p for p, _ in Counter(pitched).most_common(1)),
         program_shares=shares,
         note_beats_p999=float(np.percentile(arr, 99.9)),
