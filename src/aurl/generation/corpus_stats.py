@@ -77,7 +77,7 @@ def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
                 programs[s.program] += 1
             if tok < vocab.size and is_dur[tok]:
                 durations.append(float(vocab.beats[tok]))
-            most = max(most, s.num_sounding())
+            most = max(most, int(s.num_sounding()))
         poly_max.append(most)
     notes = sum(programs.values())
     if not notes:
@@ -90,7 +90,7 @@ def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
         pieces=n_pieces,
         notes=notes,
         max_note_beats=float(arr.max()),
-        max_polyphony=max(Counter(poly_max).most_common(), key=lambda pc: (pc[1], pc[0]))[0],
+        max_polyphony=int(max(Counter(poly_max).most_common(), key=lambda pc: (pc[1], pc[0]))[0]),
         programs=dominant or tuple(p for p, _ in Counter(pitched).most_common(1)),
         program_shares=shares,
         note_beats_p999=float(np.percentile(arr, 99.9)),
