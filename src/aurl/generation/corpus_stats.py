@@ -10,6 +10,7 @@ the corpus uses, and only its dominant instrument(s) unless asked otherwise (iss
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -25,12 +26,13 @@ DOMINANT_SHARE = 0.05
 Bach export 24 of 1,767 tracks carry a stray program (54, 24, 19 ...: each ≤ 2 % of the notes) and
 program 0 plays 96 %; a sampled stray Program token made 25 of 100 pieces switch instrument."""
 
-# Default voice limit: the voice count most pieces keep to, i.e. the most common per-piece maximum
-# of sounding notes (ties: the larger). Bach (train split): 330 of 375 chorales never exceed 4
-# voices, 21 reach 5, 23 outliers reach 6-12 where the export doubles a voice with an instrument
-# part; the mode gives 4. Its 90th percentile (5) was tried first: with it, 100 pieces of the
-# shipped model averaged 4.2-4.4 sounding notes where every chorale has 4.0, and the suite's
-# polyphony overlap fell to 0.2-0.3. `--max-polyphony` lifts it.
+POLYPHONY_PERCENTILE = 90
+"""Default voice limit: the 90th percentile of the per-piece maximum of sounding notes. Bach (train
+split): 330 of 375 chorales never exceed 4 voices, 21 reach 5, 23 outliers reach 6-12 where the export
+doubles a voice with an instrument part; p90 gives 5. The mode (4) was tried too, on 100 pieces of the
+shipped model each (BENCHMARKS.md, issue 15): it brought the suite's polyphony overlap from 0.19 to
+0.61 but blocked voices the model meant to enter, and scale consistency fell from 0.90 to 0.84, in-key
+rate from 0.73 to 0.66, the mean overlap from 0.767 to 0.751. `--max-polyphony` sets it per request."""
 
 
 @dataclass
@@ -50,7 +52,7 @@ class CorpusStats:
         return (
             f"{self.pieces} pieces, {self.notes} notes; longest note {self.max_note_beats:g} beats "
             f"(99.9 % <= {self.note_beats_p999:g}); voices <= {self.max_polyphony} "
-            f"(most pieces' maximum); programs {list(self.programs)} ({shares})"
+            f"(p{POLYPHONY_PERCENTILE} of per-piece maxima); programs {list(self.programs)} ({shares})"
         )
 
 
@@ -90,7 +92,7 @@ def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
         pieces=n_pieces,
         notes=notes,
         max_note_beats=float(arr.max()),
-        max_polyphony=int(max(Counter(poly_max).most_common(), key=lambda pc: (pc[1], pc[0]))[0]),
+        max_polyphony=math.ceil(np.percentile(poly_max, POLYPHONY_PERCENTILE)),
         programs=dominant or tuple(p for p, _ in Counter(pitched).most_common(1)),
         program_shares=shares,
         note_beats_p999=float(np.percentile(arr, 99.9)),
