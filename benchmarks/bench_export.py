@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_export.py                     # bach_small (~4 min on 2 cores)
     .venv/bin/python benchmarks/bench_export.py --quick             # smoke run
 
-Rows: the torch bundle as shipped (safetensors, run in fp32), its ONNX export (fp32) and the ONNX
+Rows: the torch bundle as shipped (safetensors, run in fp32), the same with torchao's dynamic INT8
+(eager, in memory), its ONNX export (fp32) and the ONNX
 export with onnxruntime's dynamic INT8 quantization, both written here by ``aurl export --format
 onnx [--quantize int8]``. Bits/note come from ``aurl.evaluation.likelihood.evaluate`` on the test
 split (the same windows for every row). Decode: a 32-token prompt per row is prefilled, then
@@ -53,6 +54,36 @@ def decode_rate(model, batch: int, steps: int, repeats: int, vocab: int) -> floa
     return round(batch * steps / best, 1)
 
 
+def torchao_int8_row(args) -> dict:
+    """The torch model with torchao's dynamic INT8 (``Int8DynamicActivationInt8WeightConfig``,
+    the replacement of the deprecated ``torch.ao.quantization.quantize_dynamic``), run in eager mode
+    on the CPU; size = its serialized state dict."""
+    import copy
+    import io
+
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    from aurl.data.dataset import PreparedData
+    from aurl.evaluation.likelihood import split_likelihood
+
+    bundle = load_bundle(args.model)
+    model = copy.deepcopy(bundle.model)
+    quantize_(model, Int8DynamicActivationInt8WeightConfig())
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    load = os.getloadavg()[0]
+    row = {"format": "torch int8 (torchao)", "dir": "(in memory)", "size_mb": round(len(buf.getvalue()) / 1e6, 2)}  # fmt: skip
+    for b in args.batches:
+        row[f"decode_tok_s_b{b}"] = decode_rate(model, b, args.steps, args.repeats, bundle.tokenizer.vocab_size)  # fmt: skip
+    if not args.quick:
+        data = PreparedData(args.data)
+        res = split_likelihood(model, data.split("test"), bundle.tokenizer, bundle.config.model.max_seq_len)  # fmt: skip
+        row["bits_per_note"] = round(res["bits_per_note"], 5)
+    row["load_before"] = round(load, 2)
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=ROOT / "models" / "bach_small")
@@ -90,6 +121,7 @@ def main() -> None:
         row["load_before"] = round(load, 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    rows.insert(1, torchao_int8_row(args))
     base = rows[0]
     for row in rows:
         for b in args.batches:
