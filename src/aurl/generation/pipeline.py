@@ -362,59 +362,25 @@ def generate(
     *,
     out: str | os.PathLike,
     num: int = 4,
-    bars: int | None = None,
-    seconds: float | None = None,
-    tokens: int | None = None,
-    prompt: str | os.PathLike | None = None,
-    key: str | None = None,
-    pitch_range: tuple[int, int] | None = None,
-    max_polyphony: int | None = None,
-    density: float | None = None,
-    soft: bool = False,
-    time_signature: str | None = None,
     beam: int = 1,
     batch_size: int = 4,
     seed: int = 0,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 0.95,
-    min_p: float = 0.0,
-    repetition_penalty: float = 1.0,
-    programs: Sequence[int] | None = None,
     wav: bool = True,
     musicxml: bool = True,
     png: bool = True,
     use_cache: bool = True,
+    **options,
 ) -> Summary:
-    """Generate ``num`` pieces into ``out`` (``piece_XX.*`` + ``samples.json``)."""
+    """Generate ``num`` pieces into ``out`` (``piece_XX.*`` + ``samples.json``).
+
+    ``options`` are :func:`plan_generation`'s (length, prompt, constraints, sampling filters),
+    named after ``aurl generate``'s flags; they are checked and resolved there, once."""
     if beam > 1 and num > 1:
         log.warning(
             "beam search is deterministic: all %d pieces will be the same; use --num 1", num
         )
     tok, model = bundle.tokenizer, bundle.model
-    plan = plan_generation(
-        bundle,
-        num=num,
-        bars=bars,
-        seconds=seconds,
-        tokens=tokens,
-        prompt=prompt,
-        key=key,
-        pitch_range=pitch_range,
-        max_polyphony=max_polyphony,
-        density=density,
-        soft=soft,
-        time_signature=time_signature,
-        beam=beam,
-        batch_size=batch_size,
-        seed=seed,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        programs=programs,
-    )
+    plan = plan_generation(bundle, num=num, beam=beam, batch_size=batch_size, seed=seed, **options)
     vocab, prompt_ids, bpm, end_beats = plan.vocab, plan.prompt_ids, plan.bpm, plan.end_beats
     max_new, filters, settings = plan.max_new, plan.filters, plan.settings
     out = Path(out)
