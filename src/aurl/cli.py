@@ -343,6 +343,10 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument(
+        "--bars", type=int, default=8,
+        help="interpolate the first BARS bars, segment by segment (within the shorter piece)",
+    )  # fmt: skip
     _add_common_generation(p)
     p.set_defaults(temperature=0.0)  # greedy: each step shows its latent point, not sampling noise
 

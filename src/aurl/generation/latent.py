@@ -6,8 +6,10 @@ WAV through :func:`aurl.generation.export.export_piece`) and a ``samples.json``.
 - sample: ``ceil(bars / bars_per_segment)`` segments per piece sharing ONE global latent drawn from
   the prior (the bar latents of each segment are drawn from p(z_bar | z_global)), decoded one after
   the other and concatenated, so a long piece keeps one global character.
-- interpolate: the first segment of each file is encoded to its posterior mean, the two points are
-  joined by slerp (``steps`` points, both ends included) and each point is decoded.
+- interpolate: the first ``bars`` bars of each file are cut into segments, each encoded to its
+  posterior mean; segment j of A is joined to segment j of B by slerp (``steps`` points, both ends
+  included) and step s is the concatenation of every segment's s-th point, decoded, so a whole
+  chorale turns into another one segment by segment.
 - vary: the first segment of the input is encoded, perturbed ``num`` times by
   ``amount`` x prior std (per latent group) and decoded.
 
@@ -90,6 +92,58 @@ def first_segment(model: MusicVAE, tok, ids) -> tuple[np.ndarray, np.ndarray]:
     if not segments:
         raise ValueError("no notes to encode (empty after tokenization)")
     return segments[0]
+
+
+def encode_segments(model: MusicVAE, tok, ids: np.ndarray, max_segments: int) -> Latents:
+    """Posterior means of the first ``max_segments`` non-overlapping segments of a token sequence,
+    one latent row per segment in order: (n, D) and (n, K, E), n <= max_segments."""
+    if max_segments <= 0:
+        raise ValueError(f"max_segments={max_segments} must be > 0")
+    v = model.cfg.vae
+    beats = np.asarray(tok.token_beats(ids), dtype=np.float64)
+    special = {tok.bos_id, tok.eos_id, tok.pad_id}
+    segments = cut_segments(
+        ids, beats, v.bars_per_segment, v.beats_per_bar, v.bars_per_segment, special
+    )[:max_segments]
+    if not segments:
+        raise ValueError("no notes to encode (empty after tokenization)")
+    length = min(model.cfg.max_seq_len, max(len(seg) for seg, _ in segments) + 2)
+    packed = [
+        pack_segment(seg, bars, v.bars_per_segment, length, tok.bos_id, tok.eos_id, tok.pad_id)
+        for seg, bars in segments
+    ]
+    device = next(model.parameters()).device
+    t = torch.from_numpy(np.stack([p[0] for p in packed])).to(device)  # (n, T)
+    b = torch.from_numpy(np.stack([p[1] for p in packed])).to(device)  # (n, T)
+    with torch.no_grad():
+        post = model.encode(t, t != tok.pad_id, b)
+    return model.posterior_mean(post)
+
+
+def encode_file_segments(bundle, path: str | os.PathLike, max_segments: int) -> Latents:
+    """:func:`encode_segments` of a MIDI/MusicXML file (errors name the file)."""
+    from aurl.data.midi_io import load_score
+
+    score, report = load_score(path)
+    if report:
+        log.info("%s: repaired (%s)", path, report)
+    ids = np.asarray(bundle.tokenizer.encode(score), dtype=np.int64)
+    try:
+        return encode_segments(_vae(bundle), bundle.tokenizer, ids, max_segments)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def interpolate_segments(model: MusicVAE, za: Latents, zb: Latents, steps: int) -> Latents:
+    """Segment-wise slerp of two segment ladders (n_a and n_b rows; the shorter sets n).
+
+    Returns steps * n rows, step-major: rows s*n .. s*n+n-1 are the n segments of step s.
+    """
+    n = min(za.z_g.shape[0], zb.z_g.shape[0])
+    paths = [model.interpolate(za.select(j), zb.select(j), steps) for j in range(n)]
+    order = [paths[j].select(s) for s in range(steps) for j in range(n)]
+    z_b = None if order[0].z_b is None else torch.cat([x.z_b for x in order])
+    return Latents(torch.cat([x.z_g for x in order]), z_b)
 
 
 def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
@@ -300,10 +354,28 @@ def sample(
     """``num`` pieces of about ``bars`` bars decoded from prior samples (piece i uses seed + i)."""
     if num <= 0 or bars <= 0:
         raise ValueError(f"--num={num} and --bars={bars} must be > 0")
+    t0 = time.perf_counter()
+    rows = sample_rows(bundle, num=num, bars=bars, seed=seed, temperature=temperature, top_p=top_p)
+    seeds = [seed + i for i in range(num)]
+    settings = {
+        "num": num,
+        "bars": bars,
+        "seed": seed,
+        "temperature": temperature,
+        "top_p": top_p,
+        "wav": wav,
+    }
+    return _write(bundle, rows, Path(out), "sample", seeds, settings, t0)
+
+
+def sample_rows(
+    bundle, *, num: int, bars: int, seed: int = 0, temperature: float = 1.0, top_p: float = 0.95
+) -> list[list[int]]:
+    """The token bodies :func:`sample` writes: piece i is ceil(bars / bars_per_segment) segments
+    decoded from one prior global latent and fresh bar latents per segment (seed + i)."""
     model = _vae(bundle)
     segs = math.ceil(bars / model.cfg.vae.bars_per_segment)
-    t0 = time.perf_counter()
-    rows, seeds = [], []
+    rows = []
     for i in range(num):
         gen = torch.Generator(device="cpu").manual_seed(seed + i)
         z = model.sample_latents(1, gen)
@@ -317,16 +389,7 @@ def sample(
             z = Latents(z.z_g.expand(segs, -1))
         parts = decode_rows(bundle, z, temperature, top_p, seed + i)
         rows.append([t for part in parts for t in part])
-        seeds.append(seed + i)
-    settings = {
-        "num": num,
-        "bars": bars,
-        "seed": seed,
-        "temperature": temperature,
-        "top_p": top_p,
-        "wav": wav,
-    }
-    return _write(bundle, rows, Path(out), "sample", seeds, settings, t0)
+    return rows
 
 
 def interpolate(
@@ -336,21 +399,31 @@ def interpolate(
     *,
     out: str | os.PathLike,
     steps: int = 6,
+    bars: int | None = None,
     seed: int = 0,
     temperature: float = 0.0,
     top_p: float = 1.0,
     wav: bool = True,
 ) -> Summary:
-    """Decode ``steps`` slerp points between the first segments of files ``a`` and ``b``."""
+    """Decode ``steps`` points between the first ``bars`` bars of files ``a`` and ``b`` (None =
+    one segment): segment j of A is slerped to segment j of B, and each step's segments are
+    concatenated (as long as the shorter piece, within ``bars``)."""
     model = _vae(bundle)
+    per = model.cfg.vae.bars_per_segment
+    n = 1 if bars is None else math.ceil(bars / per)
+    if n <= 0:
+        raise ValueError(f"--bars={bars} must be > 0")
     t0 = time.perf_counter()
-    za, zb = encode_file(bundle, a), encode_file(bundle, b)
-    path = model.interpolate(za, zb, steps)
-    rows = decode_rows(bundle, path, temperature, top_p, seed)
+    za, zb = encode_file_segments(bundle, a, n), encode_file_segments(bundle, b, n)
+    path = interpolate_segments(model, za, zb, steps)
+    parts = decode_rows(bundle, path, temperature, top_p, seed)
+    n = len(parts) // steps
+    rows = [[t for part in parts[s * n : (s + 1) * n] for t in part] for s in range(steps)]
     settings = {
         "a": str(a),
         "b": str(b),
         "steps": steps,
+        "bars": n * per,
         "seed": seed,
         "temperature": temperature,
         "wav": wav,
@@ -408,7 +481,13 @@ def sample_from_args(args: argparse.Namespace) -> Summary:
 def interpolate_from_args(args: argparse.Namespace) -> Summary:
     """``aurl interpolate`` flags -> :func:`interpolate` (temperature 0 = greedy decoding)."""
     return interpolate(
-        load_model(args.model), args.a, args.b, out=args.out, steps=args.steps, **_common(args)
+        load_model(args.model),
+        args.a,
+        args.b,
+        out=args.out,
+        steps=args.steps,
+        bars=getattr(args, "bars", None),
+        **_common(args),
     )
 
 
