@@ -5,6 +5,8 @@
     python benchmarks/bench_vae.py data/bach --skip-train               # re-measure runs/bench_vae
     python benchmarks/bench_vae.py data/bach --config configs/bach_vae_conductor.yaml --modes vae \
         --work runs/bench_vae_conductor --out benchmarks/results/vae_conductor.json   # issue 13
+    python benchmarks/bench_vae.py data/bach --run runs/vae_conductor_long \
+        --out benchmarks/results/vae_conductor.json      # measure a run trained with `aurl train`
 
 Trains ``configs/bach_vae.yaml`` twice (model.mode=vae, then vae_gan; same seed, same minutes),
 then measures on the test split: reconstruction accuracy (teacher-forced and greedy from the
@@ -17,7 +19,10 @@ Issue 13's latent-space checks (``latent_checks``): 8-step interpolations betwee
 segments of ``--pairs`` pairs of test chorales (Spearman correlation of note F1 vs A and vs B with
 the step index, averaged over pairs; every step decoded through the grammar and checked as music)
 and ``vary`` at amounts 0.1/0.3/0.6/1.0 (mean note F1 of the variations to their source; identical
-variations counted). The load average is recorded beside every timing: the CPU cores are shared.
+variations counted). The greedy reconstruction covers every test segment (``--greedy-segments``),
+and the ``--samples`` prior pieces (``--sample-bars`` bars each, what ``aurl sample`` writes) go as
+MIDI through the evaluation suite against the test split (``aurl evaluate --samples``). The load
+average is recorded beside every timing: the CPU cores are shared.
 Writes ``benchmarks/results/vae.json`` and ``vae.md``; the GAN's loss curves go to
 ``benchmarks/results/vae_gan_losses.png``.
 """
@@ -181,6 +186,39 @@ def latent_checks(
     }
 
 
+def prior_suite(bundle, data: Path, out: Path, num: int, bars: int) -> dict:
+    """``num`` prior pieces of ``bars`` bars (as ``aurl sample`` decodes them: temperature 1,
+    top-p 0.95, seeds 0..num-1) written as MIDI to ``out``, then the evaluation suite against the
+    test split (what ``aurl evaluate --samples OUT --reference DATA --split test`` prints)."""
+    from aurl.evaluation.samples import evaluate_samples
+    from aurl.generation.export import write_midi
+    from aurl.generation.latent import sample_rows
+
+    tok = bundle.tokenizer
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+    rows = sample_rows(bundle, num=num, bars=bars, seed=0, temperature=1.0, top_p=0.95)
+    for i, body in enumerate(rows):
+        write_midi(tok.decode([tok.bos_id, *body, tok.eos_id]), out / f"piece_{i:03d}.mid")
+    decode_s = time.perf_counter() - t0
+    res = evaluate_samples(out, data, split="test", json_path=out.with_suffix(".eval.json"))
+    return {
+        "num": num,
+        "bars": bars,
+        "dir": str(shown(out)),
+        "decode_wall_s": round(decode_s, 1),
+        "num_evaluated": res["num_samples"],
+        "skipped": len(res["skipped"]),
+        "mean_overlap_area": res["mean_overlap_area"],
+        "mean_kl": res["mean_kl"],
+        "frechet_distance": res["frechet_distance"],
+        "overlap_area": {k: v["overlap_area"] for k, v in res["features"].items()},
+        "samples_mean": {k: v["samples_mean"] for k, v in res["features"].items()},
+        "reference_mean": {k: v["reference_mean"] for k, v in res["features"].items()},
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # one mode
 
@@ -196,6 +234,9 @@ def run_mode(
     skip_train: bool = False,
     config: Path = ROOT / "configs" / "bach_vae.yaml",
     pairs: int = 10,
+    run_dir: Path | None = None,
+    greedy_segments: int = 0,
+    sample_bars: int = 16,
 ) -> dict:
     from aurl.bundle import load_bundle
     from aurl.data.dataset import PreparedData
@@ -209,7 +250,10 @@ def run_mode(
          "trainer.max_steps=1000000", "trainer.val_every_steps=100", "trainer.checkpoint_every_steps=100",
          "trainer.samples_per_validation=0", *overrides],
     )  # fmt: skip
-    run_dir = work / mode
+    if run_dir is not None:  # a run trained elsewhere (aurl train): measure it as it is
+        skip_train = True
+        config = run_dir / "config.yaml"
+    run_dir = run_dir or work / mode
     if skip_train:  # measure the run already in WORK/mode (its own summary gives steps and time)
         lines = (run_dir / "summary.txt").read_text().splitlines()
         train_s = 60 * float(next(x for x in lines if x.startswith("wall time")).split()[2])
@@ -233,7 +277,7 @@ def run_mode(
     tok = bundle.tokenizer
     load_measure = os.getloadavg()
     t0 = time.perf_counter()
-    metrics = vae_metrics(bundle, prepared, "test", greedy_segments=16)
+    metrics = vae_metrics(bundle, prepared, "test", greedy_segments=greedy_segments or 10**9)
     metrics["wall_s"] = round(time.perf_counter() - t0, 1)
 
     # interpolation between the first segments of two held-out chorales
@@ -256,6 +300,7 @@ def run_mode(
     gen = torch.Generator().manual_seed(0)
     z = model.sample_latents(samples, gen)
     rows = decode_rows(bundle, z, 1.0, 0.95, seed=1)
+    suite = prior_suite(bundle, data, work / f"{mode}_prior_samples", samples, sample_bars)
     seg_ds = SegmentDataset(test, tok, model.cfg.vae, model.cfg.max_seq_len, shuffle=False)
     seg_rows = [s[0].tolist() for s in seg_ds.segments]
     gen_st, test_st = score_stats(tok, rows), score_stats(tok, seg_rows)
@@ -283,9 +328,11 @@ def run_mode(
             "decodable_notes": gen_st["notes"],
         },
         "gan_losses_png": None,
+        "prior_suite": suite,
         "latent_checks": checks,
         "decoder": bundle.config.model.vae.decoder,
         "config": str(shown(config)),
+        "run": str(shown(run_dir)),
         "loadavg": {
             "train_start": None if skip_train else load_before,
             "measure_start": load_measure,
@@ -323,6 +370,9 @@ def render(results: list[dict]) -> str:
         ("interp. 8 steps: every step valid", lambda r: f"{r['latent_checks']['interp_all_valid']}"),
         ("vary: mean F1 to source at 0.1 / 0.3 / 0.6 / 1.0",
          lambda r: " / ".join(f"{v['mean_f1_to_source']:.2f}" for v in r["latent_checks"]["vary"])),
+        ("prior pieces through the evaluation suite: mean overlap area / Frechet",
+         lambda r: f"{r['prior_suite']['mean_overlap_area']:.3f} / {r['prior_suite']['frechet_distance']:.2f} ({r['prior_suite']['num_evaluated']} x {r['prior_suite']['bars']} bars)"),
+        ("greedy recon segments", lambda r: f"{r['metrics']['greedy_segments']} of {r['metrics']['segments']}"),
         ("vary: monotonic / identical variations",
          lambda r: f"{r['latent_checks']['vary_monotonic']} / {r['latent_checks']['vary_identical_total']}"),
         ("load average (1 min) at train / measure start",
@@ -399,12 +449,21 @@ def main() -> None:
         "--config", type=Path, default=ROOT / "configs" / "bach_vae.yaml", help="training config"
     )
     p.add_argument("--pairs", type=int, default=10, help="test pairs for the interpolation check")
+    p.add_argument(
+        "--run", type=Path, help="measure this run directory (aurl train --out) instead of training"
+    )
+    p.add_argument(
+        "--greedy-segments", type=int, default=0,
+        help="test segments decoded greedily for the reconstruction F1 (0 = all)",
+    )  # fmt: skip
+    p.add_argument("--sample-bars", type=int, default=16, help="bars per prior piece")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("overrides", nargs="*", help="extra key=value config overrides")
     args = p.parse_intermixed_args()  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     overrides = (TINY if args.tiny else []) + list(args.overrides)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     results = [
         run_mode(
             m,
@@ -417,8 +476,11 @@ def main() -> None:
             skip_train=args.skip_train,
             config=args.config,
             pairs=args.pairs,
+            run_dir=args.run,
+            greedy_segments=args.greedy_segments,
+            sample_bars=args.sample_bars,
         )
-        for m in args.modes
+        for m in ([load_config(args.run / "config.yaml").model.mode] if args.run else args.modes)
     ]
     blob = {
         "data": str(args.data),
@@ -432,7 +494,9 @@ def main() -> None:
     title = " vs ".join({"vae": "VAE", "vae_gan": "VAE-GAN"}[m] for m in args.modes)
     md = f"# {title} ({results[0]['train_minutes']} min each, Bach test split)\n\n"
     md += f"`python {shlex.join(sys.argv)}`"
-    if args.skip_train:
+    if args.run:
+        md += f" (measured `{shown(args.run)}`, trained with `aurl train`, not here)"
+    elif args.skip_train:
         md += f" (measured the runs already in `{shown(args.work)}`, not trained here)"
     md += "\n\n"
     md += f"{render(results)}\n\n{blob['verdict']}\n"
