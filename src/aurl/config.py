@@ -170,6 +170,10 @@ class VAEConfig:
     bow_weight: float = 0.0
     """conductor only: weight of the auxiliary bag-of-notes loss (each bar's tokens predicted from
     its conductor state alone; Zhao et al. 2017), a signal through z the decoder cannot take over."""
+    encoder_bar_positions: bool = False
+    """Add a learned embedding of each token's place within its bar to the encoder's input. The
+    encoder mean-pools each bar, and with rotary positions its states carry no absolute position,
+    so without this a bar latent holds roughly a bag of tokens: which pitches, not when (issue 13)."""
     # VAE-GAN
     disc_layers: int = 2
     disc_windows: tuple[int, ...] = (16, 64, 256)
