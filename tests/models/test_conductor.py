@@ -166,3 +166,23 @@ def test_conductor_reconstructs_random_bars_through_the_latents():
         for a, b in zip(row[1:-1], ref, strict=False)
     )
     assert hits / bodies.numel() >= 0.9
+
+
+def test_bar_positions_count_from_zero_in_every_bar():
+    from aurl.models.vae import bar_positions
+
+    ids = torch.tensor([[0, 0, 0, 1, 1, 1, 1, -1, -1]])
+    assert bar_positions(ids, 2).tolist() == [[0, 1, 2, 0, 1, 2, 3, 0, 0]]
+
+
+def test_encoder_bar_positions_reach_the_bar_posterior():
+    torch.manual_seed(0)
+    model = build_vae(tiny_cfg(encoder_bar_positions=True)).eval()
+    assert model.enc_bar_pos is not None
+    tokens, bar_ids = segment()
+    with torch.no_grad():
+        before = model.encode(tokens, tokens != 0, bar_ids).mu_b.clone()
+        model.enc_bar_pos.weight.zero_()
+        after = model.encode(tokens, tokens != 0, bar_ids).mu_b
+    assert not torch.allclose(before, after, atol=1e-4)
+    assert build_vae(tiny_cfg()).enc_bar_pos is None  # off by default: old models load unchanged

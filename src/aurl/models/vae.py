@@ -229,6 +229,12 @@ class MusicVAE(nn.Module):
             # Conditional bar prior p(z_k | z_g, k): the ladder's top-down path.
             self.bar_prior = nn.Sequential(nn.Linear(D + C, C), nn.GELU(), nn.Linear(C, 2 * E))
             self.bar_to_prefix = nn.Linear(E, C)
+        self.enc_bar_pos: nn.Embedding | None = None
+        if v.encoder_bar_positions:
+            # place of each token within its bar (the encoder mean-pools bars; rotary attention
+            # leaves its states without absolute positions, so a bar latent would not know *when*)
+            self.enc_bar_pos = nn.Embedding(cfg.max_seq_len, C)
+            nn.init.normal_(self.enc_bar_pos.weight, std=0.02)
         self.conductor: Conductor | None = None
         if v.decoder == "conductor":
             self.conductor = Conductor(C, D, E, K, cfg.vocab_size)
@@ -239,10 +245,16 @@ class MusicVAE(nn.Module):
 
     # -- encoder ---------------------------------------------------------------------------
 
-    def _encoder_states(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _encoder_states(
+        self, tokens: torch.Tensor, mask: torch.Tensor, bar_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Bidirectional pass over the segment with the decoder's embedding and positions: (B, T, C)."""
         T = tokens.shape[1]
         x = self.decoder.tok_emb(tokens)  # (B, T, C)
+        if self.enc_bar_pos is not None:
+            K = self.cfg.vae.bars_per_segment
+            pos = bar_positions(bar_ids if bar_ids is not None else even_bar_ids(mask, K), K)
+            x = x + self.enc_bar_pos(pos.clamp_max(self.enc_bar_pos.num_embeddings - 1))
         rope = None
         if self.decoder.rotary is not None:
             rope = self.decoder.rotary(T, 0)  # (T, D) each
@@ -266,7 +278,7 @@ class MusicVAE(nn.Module):
         """
         if mask is None:
             mask = tokens != 0
-        x = self._encoder_states(tokens, mask)  # (B, T, C)
+        x = self._encoder_states(tokens, mask, bar_ids)  # (B, T, C)
         mu_g, logvar_g = self._global_posterior(x, mask)
         if not self.num_bars:
             return Posterior(mu_g, logvar_g)
@@ -326,7 +338,7 @@ class MusicVAE(nn.Module):
         """Teacher-forced pass: encode, reparameterize, decode ``tokens[:, :-1]`` -> ``tokens[:, 1:]``."""
         if mask is None:
             mask = tokens != 0
-        x = self._encoder_states(tokens, mask)  # (B, T, C)
+        x = self._encoder_states(tokens, mask, bar_ids)  # (B, T, C)
         mu_g, logvar_g = self._global_posterior(x, mask)
         z_g = reparameterize(mu_g, logvar_g, generator)
         kl_g = self.prior.kl(mu_g, logvar_g, z_g)  # (B, D)
@@ -520,6 +532,12 @@ def reparameterize(
 ) -> torch.Tensor:
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + eps * (0.5 * logvar).exp()
+
+
+def bar_positions(bar_ids: torch.Tensor, num_bars: int) -> torch.Tensor:
+    """Place of every token within its bar, 0-based: (B, T) -> (B, T); 0 on padding (bar -1)."""
+    onehot = F.one_hot(bar_ids.clamp(0, num_bars - 1), num_bars) * (bar_ids >= 0)[..., None]
+    return ((onehot.cumsum(1) - 1).clamp_min(0) * onehot).sum(-1)  # (B, T)
 
 
 def even_bar_ids(mask: torch.Tensor, num_bars: int) -> torch.Tensor:
