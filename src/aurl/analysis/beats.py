@@ -9,24 +9,44 @@ unrelated to the music. So:
    at least :data:`GRID_FIT_MIN` of the onset weight falls on that shifted 16th-note grid.
 2. Otherwise: onset-strength envelope, tempo by autocorrelation with a log-normal prior, beats by
    dynamic programming (Ellis 2007, "Beat tracking by dynamic programming", JNMR 36(1)).
-3. Downbeats (both cases): the bar length (2, 3 or 4 beats) and phase whose beats carry the most
-   bass onsets and harmonic changes, never the file's time signature.
+3. Downbeats (both cases), never from the file's time signature: the bar length (2, 3 or 4 beats)
+   whose beats carry the most bass onsets and harmonic changes; then the bar phase that maximises
+   a learned linear score of per-beat evidence (:func:`beat_evidence`: chord change over 1, 2 and
+   4 beats, bass onsets, onset count and loudness, long notes, bass change, melody onsets and the
+   length of melody notes). The weights (``data/downbeat_phase.json``) were fitted on POP909 001-600 by
+   ``benchmarks/fit_downbeat_phase.py`` so that bars start where the annotated phrases do.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 
 import numpy as np
 import symusic
 
-from aurl.analysis.notes import NoteArray, is_tick, score_notes, segment_chroma
+from aurl.analysis.notes import NoteArray, bass_chroma, is_tick, score_notes, segment_chroma
 
 # Share of onset weight within 1/24 beat of the phase-shifted 16th grid needed to trust the tempo
 # map. Random onsets land there 33 % of the time; quantized POP909 songs score 0.97-1.0.
 GRID_FIT_MIN = 0.75
 PHASE_BINS = 96  # tick phase resolution when fitting the grid offset (1/96 beat)
 ENVELOPE_FPS = 50  # onset envelope frame rate for note-based tracking (20 ms)
+
+
+N_EVIDENCE = 11  # columns of :func:`beat_evidence`
+
+
+@lru_cache(maxsize=1)
+def phase_weights() -> np.ndarray:
+    """Weights of the bar-phase score over :func:`beat_evidence` (``data/downbeat_phase.json``)."""
+    text = resources.files("aurl.analysis").joinpath("data/downbeat_phase.json").read_text()
+    w = np.asarray(json.loads(text)["weights"], dtype=np.float64)
+    if w.shape != (N_EVIDENCE,):
+        raise ValueError(f"downbeat_phase.json: {w.shape[0]} weights, expected {N_EVIDENCE}")
+    return w
 
 
 @dataclass(frozen=True)
@@ -144,10 +164,93 @@ def dp_beats(env: np.ndarray, period_s: float, fps: int = ENVELOPE_FPS, tightnes
     return np.array(out[::-1], dtype=np.float64) / fps
 
 
-def downbeat_phase(notes: NoteArray, beats: np.ndarray) -> tuple[int, int]:
-    """(beats_per_bar, index of the first downbeat) that best explains bass onsets and chord changes."""
+def beat_evidence(
+    notes: NoteArray, beats: np.ndarray, melody: np.ndarray | None = None
+) -> np.ndarray:
+    """(B, 11) per-beat evidence that a bar starts there, each column z-scored over the piece.
+
+    Columns: chroma change from the previous beat; chroma change between the 2 and the 4 beats
+    before and after; bass onsets (low and long); onsets below E3; onset count; onset loudness;
+    notes held longer than 1.5 beats; change of the bass profile; melody onsets; log length of
+    the melody notes starting there. ``melody`` holds indices into ``notes`` (none: zero columns).
+    """
+    n_beats = len(beats)
+    period = float(np.median(np.diff(beats)))
+    bounds = np.concatenate([beats, [beats[-1] + period]])
+    chroma = segment_chroma(notes, bounds)
+    csum = np.concatenate([np.zeros((1, 12)), np.cumsum(chroma, axis=0)])
+    k = np.arange(n_beats)
+
+    def change(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        nx = np.linalg.norm(x, axis=1) + 1e-9
+        ny = np.linalg.norm(y, axis=1) + 1e-9
+        return 1.0 - (x * y).sum(axis=1) / nx / ny
+
+    def block_change(w: int) -> np.ndarray:
+        before = csum[k] - csum[np.maximum(k - w, 0)]
+        after = csum[np.minimum(k + w, n_beats)] - csum[k]
+        return change(before, after)
+
+    change1 = np.r_[0.0, change(chroma[1:], chroma[:-1])]
+    bass_prof = bass_chroma(notes, bounds)
+    bass_change = np.r_[0.0, change(bass_prof[1:], bass_prof[:-1])]
+    idx = np.searchsorted(beats, notes.onset - 0.15 * period)
+    on_beat = (idx < n_beats) & (
+        np.abs(beats[np.minimum(idx, n_beats - 1)] - notes.onset) < 0.15 * period
+    )
+    dur = notes.offset - notes.onset
+
+    def on(weight: np.ndarray) -> np.ndarray:
+        out = np.zeros(n_beats)
+        np.add.at(out, idx[on_beat], weight[on_beat])
+        return out
+
+    low = np.clip((60 - notes.pitch) / 24.0, 0, 1)
+    mel = np.zeros(len(notes))
+    mel_dur = np.zeros(len(notes))
+    if melody is not None and len(melody):
+        mel[melody] = 1.0
+        mel_dur[melody] = np.log1p(dur[melody] / period)
+    cols = [
+        change1,
+        block_change(2),
+        block_change(4),
+        on(low * np.sqrt(dur)),
+        on((notes.pitch < 52).astype(np.float64)),
+        on(np.ones(len(notes))),
+        on(notes.velocity / 127.0),
+        on((dur > 1.5 * period).astype(np.float64)),
+        bass_change,
+        on(mel),
+        on(mel_dur),
+    ]
+    return np.stack([_z(np.asarray(c, dtype=np.float64)) for c in cols], axis=1)
+
+
+def phase_evidence(evidence: np.ndarray, m: int) -> np.ndarray:
+    """(m, F): mean evidence on the beats ``ph::m`` minus the mean over all beats, per phase."""
+    return np.stack([evidence[ph::m].mean(axis=0) - evidence.mean(axis=0) for ph in range(m)])
+
+
+def downbeat_phase(
+    notes: NoteArray, beats: np.ndarray, melody: np.ndarray | None = None
+) -> tuple[int, int]:
+    """(beats_per_bar, index of the first downbeat).
+
+    The bar length is :func:`bar_length`'s; the phase is then chosen by the learned score over
+    :func:`beat_evidence`.
+    """
     if len(beats) < 8:
         return 4, 0
+    m = bar_length(notes, beats)
+    score = phase_evidence(beat_evidence(notes, beats, melody), m) @ phase_weights()
+    return m, int(np.argmax(score))
+
+
+def bar_length(notes: NoteArray, beats: np.ndarray) -> int:
+    """Beats per bar (2, 3 or 4): the one whose best phase carries most bass onsets and changes."""
+    if len(beats) < 8:
+        return 4
     period = float(np.median(np.diff(beats)))
     bounds = np.concatenate([beats, [beats[-1] + period]])
     chroma = segment_chroma(notes, bounds)
@@ -168,16 +271,26 @@ def downbeat_phase(notes: NoteArray, beats: np.ndarray) -> tuple[int, int]:
             s = down.mean() - ev.mean() + prior
             if s > best_score:
                 best, best_score = (m, ph), s
-    return best
+    return best[0]
 
 
 def _z(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-9)
 
 
-def track_beats(score: symusic.Score, notes: NoteArray | None = None) -> Beats:
-    """Beats and downbeats of ``score`` (see the module docstring for the method)."""
+def track_beats(
+    score: symusic.Score, notes: NoteArray | None = None, melody: np.ndarray | None = None
+) -> Beats:
+    """Beats and downbeats of ``score`` (see the module docstring for the method).
+
+    ``melody``: indices into ``notes`` of the melody line (``melody.extract_melody``); found here
+    when not given (the bar phase uses it).
+    """
     notes = score_notes(score) if notes is None else notes
+    if melody is None and len(notes):
+        from aurl.analysis.melody import extract_melody
+
+        melody = extract_melody(notes=notes)
     if len(notes) == 0:
         return Beats(np.zeros(0), np.zeros(0), 4, "notes", 0.0)
     grid, fit = tempo_map_grid(score)
@@ -187,5 +300,5 @@ def track_beats(score: symusic.Score, notes: NoteArray | None = None) -> Beats:
         env = onset_envelope(notes)
         beats, source = dp_beats(env, estimate_period(env)), "notes"
     beats = beats[beats < notes.end - 1e-6]  # no beat after the music has ended
-    m, ph = downbeat_phase(notes, beats)
+    m, ph = downbeat_phase(notes, beats, melody)
     return Beats(beats, beats[ph::m], m, source, fit)

@@ -2,9 +2,15 @@
 
 Each note gets 14 features of salience and context (register against what sounds around it, rank
 in its onset group, loudness against its neighbours, duration, leaps to the neighbouring top notes);
-a small two-layer network (``data/melody_model.json``, fitted on POP909 001-700 with
-``benchmarks/fit_melody_model.py``) gives P(melody) per note; the line keeps, in each onset group,
-the most probable note when its probability passes ``threshold``, so it is monophonic.
+a small two-layer network gives P(melody) per note. Further stages (stacking) re-score every note
+from those features plus :func:`context_features` of the previous stages' probabilities: where the
+provisional line (best note of each group above 0.5) runs, the leap and gap to its notes before and
+after, how dense it is over 2/6/12 s, the note's loudness, register and length against it (never
+the position in the piece: a prior that intros are accompaniment would drop the first bars of a
+tune that starts at once). All stages live in
+``data/melody_model.json``, fitted on POP909 (stages on 001-600, threshold on 601-700) with
+``benchmarks/fit_melody_model.py``. The line keeps, in each onset group, the most probable note
+when its final probability passes ``threshold``, so it is monophonic.
 The skyline (highest note of each onset group) is :func:`skyline`, the baseline.
 """
 
@@ -23,22 +29,51 @@ from aurl.analysis.notes import NoteArray, overlap_pairs, score_notes
 GROUP_S = 0.03  # onsets closer than this form one group (a chord struck together)
 LOCAL_S = 2.0  # half-width of the context window for register and loudness
 N_FEATURES = 14
+N_CONTEXT = 17  # columns of :func:`context_features`, added per earlier stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One two-layer scorer: logit = w2 . relu(w1 (x - mean) / std + b1) + b2."""
+
+    w1: np.ndarray  # (H, F)
+    b1: np.ndarray  # (H,)
+    w2: np.ndarray  # (H,)
+    b2: float
+    mean: np.ndarray  # (F,) feature standardisation
+    std: np.ndarray  # (F,)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Stage:
+        a = {k: np.asarray(d[k], dtype=np.float64) for k in ("w1", "b1", "w2", "mean", "std")}
+        return cls(b2=float(d["b2"]), **a)
+
+    def logit(self, x: np.ndarray) -> np.ndarray:
+        h = np.maximum(((x - self.mean) / self.std) @ self.w1.T + self.b1, 0.0)
+        return h @ self.w2 + self.b2
 
 
 @dataclass(frozen=True)
 class MelodyModel:
-    w1: np.ndarray  # (H, 14)
-    b1: np.ndarray  # (H,)
-    w2: np.ndarray  # (H,)
-    b2: float
-    mean: np.ndarray  # (14,) feature standardisation
-    std: np.ndarray  # (14,)
-    threshold: float  # minimum P(melody) for a note to join the line
+    """Stage 1 scores :func:`note_features`; stage k > 1 scores them plus the context of stages < k."""
+
+    stages: tuple[Stage, ...]
+    threshold: float  # minimum final P(melody) for a note to join the line
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("MelodyModel needs at least one stage")
+        for k, st in enumerate(self.stages):
+            want = N_FEATURES + k * N_CONTEXT
+            if st.w1.shape[1] != want:
+                raise ValueError(
+                    f"MelodyModel stage {k + 1} takes {st.w1.shape[1]} features, not {want}"
+                )
 
     @classmethod
     def from_dict(cls, d: dict) -> MelodyModel:
-        a = {k: np.asarray(d[k], dtype=np.float64) for k in ("w1", "b1", "w2", "mean", "std")}
-        return cls(b2=float(d["b2"]), threshold=float(d["threshold"]), **a)
+        stages = d.get("stages", [d])  # a one-stage file keeps its flat layout
+        return cls(tuple(Stage.from_dict(s) for s in stages), float(d["threshold"]))
 
 
 @lru_cache(maxsize=1)
@@ -114,14 +149,84 @@ def note_features(notes: NoteArray) -> np.ndarray:
     return f
 
 
+def context_features(notes: NoteArray, prob: np.ndarray) -> np.ndarray:
+    """(N, 17) where each note stands against the provisional line that ``prob`` implies.
+
+    The line is the most probable note of each onset group whose probability passes 0.5.
+    """
+    n = len(notes)
+    g = onset_groups(notes)
+    starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
+    sizes = np.diff(np.r_[starts, n])
+    gmax = np.maximum.reduceat(prob, starts)
+    p = notes.pitch.astype(np.float64)
+    v = notes.velocity.astype(np.float64)
+    dur = notes.offset - notes.onset
+    t = notes.onset
+    pc = np.clip(prob, 1e-4, 1 - 1e-4)
+    order = np.lexsort((-prob, g))  # by group, most probable first
+    best_idx = order[starts]
+    second = np.zeros(len(starts))
+    second[sizes > 1] = prob[order[starts[sizes > 1] + 1]]
+    is_best = prob >= gmax[g] - 1e-12
+    rival = np.where(is_best, second[g], gmax[g])  # the best other note of the group
+    line = best_idx[prob[best_idx] > 0.5]
+    if len(line):
+        lt, lp, lv, ld = t[line], p[line], v[line], np.log(dur[line] + 1e-3)
+    else:  # no line: a far-away dummy note keeps the arithmetic finite
+        lt, lp, lv, ld = np.array([-1e9]), np.array([60.0]), np.array([64.0]), np.array([0.0])
+    j_prev = np.searchsorted(lt, t - GROUP_S) - 1  # line note of an earlier group
+    j_next = np.searchsorted(lt, t + GROUP_S)  # line note of a later group
+    jp, jn = np.clip(j_prev, 0, len(lt) - 1), np.clip(j_next, 0, len(lt) - 1)
+    okp, okn = j_prev >= 0, j_next < len(lt)
+    d_prev = np.where(okp, np.clip(p - lp[jp], -24, 24) / 12, 0.0)
+    d_next = np.where(okn, np.clip(p - lp[jn], -24, 24) / 12, 0.0)
+    gap_prev = np.log(np.where(okp, np.clip(t - lt[jp], 1e-3, 30.0), 30.0))
+    gap_next = np.log(np.where(okn, np.clip(lt[jn] - t, 1e-3, 30.0), 30.0))
+    g_time = t[starts]
+    count = np.searchsorted(lt, t + 2.0) - np.searchsorted(lt, t - 2.0)
+    near = (np.searchsorted(lt, t + 4.0) - np.searchsorted(lt, t - 4.0)) > 0
+    f = np.stack(
+        [
+            _window_mean(g_time, gmax, t, 12.0),
+            np.log(pc / (1 - pc)),
+            prob - gmax[g],
+            prob - rival,
+            is_best.astype(np.float64),
+            d_prev,
+            d_next,
+            np.abs(d_prev),
+            np.abs(d_next),
+            gap_prev,
+            gap_next,
+            _window_mean(g_time, gmax, t, 2.0),
+            _window_mean(g_time, gmax, t, 6.0),
+            np.log1p(count),
+            np.where(near, (v - _window_mean(lt, lv, t, 4.0)) / 20, 0.0),
+            np.where(near, (p - _window_mean(lt, lp, t, 4.0)) / 12, 0.0),
+            np.where(near, np.log(dur + 1e-3) - _window_mean(lt, ld, t, 4.0), 0.0),
+        ],
+        axis=1,
+    )
+    return f
+
+
+def stage_probabilities(notes: NoteArray, model: MelodyModel) -> list[np.ndarray]:
+    """P(melody) per note after each stage (the last is the model's answer)."""
+    x = note_features(notes)
+    out: list[np.ndarray] = []
+    for k, st in enumerate(model.stages):
+        if k:
+            x = np.concatenate([x, context_features(notes, out[-1])], axis=1)
+        out.append(1.0 / (1.0 + np.exp(-st.logit(x))))
+    return out
+
+
 def melody_probability(notes: NoteArray, model: MelodyModel | None = None) -> np.ndarray:
     """(N,) P(note belongs to the melody)."""
     if len(notes) == 0:
         return np.zeros(0)
-    model = model or default_model()
-    x = (note_features(notes) - model.mean) / model.std
-    h = np.maximum(x @ model.w1.T + model.b1, 0.0)
-    return 1.0 / (1.0 + np.exp(-(h @ model.w2 + model.b2)))
+    return stage_probabilities(notes, model or default_model())[-1]
 
 
 @dataclass(frozen=True)

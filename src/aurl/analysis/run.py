@@ -47,12 +47,13 @@ def analyze_score(score: symusic.Score, cfg: AnalysisConfig | None = None) -> di
     """All analyses of one score as a JSON-ready dict (without ``path``)."""
     cfg = cfg or AnalysisConfig()
     notes = score_notes(score)
-    bt = track_beats(score, notes)
+    mel_idx = extract_melody(notes=notes) if len(notes) else None
+    bt = track_beats(score, notes, melody=mel_idx)
     keys = estimate_keys(notes=notes, beats=bt.beats, cfg=cfg.key)
     chords = (
         recognize_chords(notes=notes, beats=bt.beats, downbeats=bt.downbeats) if len(notes) else []
     )
-    mel = melody_notes(notes, extract_melody(notes=notes)) if len(notes) else []
+    mel = melody_notes(notes, mel_idx) if mel_idx is not None else []
     sections = (
         find_sections(mel, chords, bt.beats, bt.downbeats, notes.end, cfg.structure)
         if len(notes)
