@@ -3,6 +3,8 @@
     python benchmarks/bench_train.py --part speed
     python benchmarks/bench_train.py --part quality --data data/bach --minutes 5
     python benchmarks/bench_train.py --part tokenizers --minutes 3 data/bach_midilike data/bach_remi ...
+    python benchmarks/bench_train.py --part ablate --data data/bach --minutes 2 \
+        --variant aurl=aurl --variant std05=aurl:init_std=0.05 --variant xt=x-transformers
 
 (a) speed: training tokens/s of Aurl's MusicTransformer and of ``x_transformers.TransformerWrapper(
     Decoder(..., attn_flash=True))`` of the same shape (~6.4M parameters), batch 8 x 512, fp32 and
@@ -11,6 +13,13 @@
     ``aurl.evaluation.likelihood.split_likelihood`` (every test token predicted once).
 (c) tokenizers: Aurl's model trained the same wall time on each prepared directory given; bits per
     note on its test split (comparable across tokenizations; bits per token is not).
+(d) ablate: like quality, for any list of ``--variant label=kind:field=value,...`` (ModelConfig
+    fields and lr), kept under its own key.
+
+Models compared in one run are trained *interleaved* (the one with the least step time so far steps
+next) until each has spent ``--minutes`` of its own step time, so load from other jobs slows them
+alike. ``--seeds`` repeats the run per seed; ``--save-dir`` keeps each Aurl model as a bundle for
+``aurl generate --model``.
 
 Results merge into benchmarks/results/train.json and a Markdown table train.md (with the command).
 """
@@ -18,6 +27,7 @@ Results merge into benchmarks/results/train.json and a Markdown table train.md (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -82,13 +92,38 @@ class XTransformer(nn.Module):
         return SimpleNamespace(logits=logits, loss=loss)
 
 
-def make(kind: str, cfg: ModelConfig) -> nn.Module:
-    torch.manual_seed(0)
+def make(kind: str, cfg: ModelConfig, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
     return build_model(cfg) if kind == "aurl" else XTransformer(cfg)
 
 
-def model_cfg(vocab: int, seq_len: int) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab, max_seq_len=seq_len, dropout=0.0, **SHAPE)
+def parse_variant(text: str) -> tuple[str, str, dict, float | None]:
+    """``label=kind[:key=value,...]``: kind aurl or x-transformers; keys are ModelConfig fields
+    (ints, floats, true/false) plus ``lr``. ``aurl-untied=aurl:tie_weights=false,lr=2e-3``."""
+    label, _, rest = text.partition("=")
+    kind, _, opts = (rest or label).partition(":")
+    if kind not in ("aurl", "x-transformers"):
+        raise SystemExit(f"variant {text!r}: kind must be aurl or x-transformers, not {kind!r}")
+    overrides: dict = {}
+    lr = None
+    for item in filter(None, opts.split(",")):
+        key, _, value = item.partition("=")
+        low = value.lower()
+        val: object = low == "true" if low in ("true", "false") else value
+        if isinstance(val, str):
+            with contextlib.suppress(ValueError):
+                val = float(val) if any(c in val for c in ".e") else int(val)
+        if key == "lr":
+            lr = float(val)  # type: ignore[arg-type]
+        else:
+            overrides[key] = val
+    return label, kind, overrides, lr
+
+
+def model_cfg(vocab: int, seq_len: int, **overrides) -> ModelConfig:
+    return ModelConfig(
+        **{"vocab_size": vocab, "max_seq_len": seq_len, "dropout": 0.0, **SHAPE, **overrides}
+    )
 
 
 def train_step(
@@ -139,55 +174,131 @@ def part_speed(args: argparse.Namespace) -> dict:
     }  # fmt: skip
 
 
-def train_for(kind: str, data_dir: Path, minutes: float, args: argparse.Namespace) -> dict:
-    """Train ``kind`` on ``data_dir``'s train split for ``minutes``; test-split figures."""
-    from aurl.data.dataset import PreparedData, WindowDataset
+class Entry:
+    """One model trained in :func:`train_together`: its data, optimizer, schedule and clock."""
+
+    def __init__(self, label: str, kind: str, data_dir: Path, overrides: dict, lr: float,
+                 seed: int, args: argparse.Namespace) -> None:  # fmt: skip
+        from aurl.data.dataset import PreparedData, WindowDataset
+
+        self.label, self.kind, self.data_dir, self.lr, self.seed = label, kind, data_dir, lr, seed
+        self.data = PreparedData(data_dir)
+        self.cfg = model_cfg(self.data.tokenizer.vocab_size, args.seq_len, **overrides)
+        self.overrides = overrides
+        self.model = make(kind, self.cfg, seed)
+        self.opt = torch.optim.AdamW(param_groups(self.model, 0.1), lr=lr, betas=(0.9, 0.95))
+        self.ds = WindowDataset(
+            self.data.split("train"), args.seq_len, seed=seed, batch_size=args.batch
+        )
+        self.step, self.clock, self.loss, self.expected = 0, 0.0, float("nan"), None
+
+    def train_step(self, args: argparse.Namespace, budget: float) -> None:
+        t = time.perf_counter()
+        if self.step == 5:  # cosine over the steps the budget allows, from the measured step time
+            self.expected = int(budget / (self.clock / 5))
+        for gp in self.opt.param_groups:
+            gp["lr"] = self.lr * lr_factor(self.step, 20, self.expected or 10**6, 0.1)
+        b = args.batch
+        batch = torch.stack([self.ds[self.step * b + i] for i in range(b)])  # (B, T+1)
+        self.model.train()
+        self.loss = train_step(self.model, self.opt, batch, args.precision == "bf16")
+        self.step += 1
+        self.clock += time.perf_counter() - t
+
+
+def train_together(entries: list[Entry], minutes: float, args: argparse.Namespace) -> list[dict]:
+    """Train every entry for ``minutes`` of its own step time, interleaved: the entry with the
+    least time so far steps next. Other load on the machine then slows all entries alike, where
+    back-to-back runs would give one model a quiet machine and the next a busy one."""
     from aurl.evaluation.likelihood import split_likelihood
 
-    data = PreparedData(data_dir)
-    tok = data.tokenizer
-    cfg = model_cfg(tok.vocab_size, args.seq_len)
-    model = make(kind, cfg)
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.95))
-    ds = WindowDataset(data.split("train"), args.seq_len, seed=0, batch_size=args.batch)
-    budget, step, t0, bf16 = minutes * 60, 0, time.perf_counter(), args.precision == "bf16"
-    # cosine over the expected number of steps, re-estimated from the measured step time
-    expected = None
-    model.train()
-    while time.perf_counter() - t0 < budget:
-        if step == 5:
-            expected = int(budget / ((time.perf_counter() - t0) / 5))
-        for gp in opt.param_groups:
-            gp["lr"] = args.lr * lr_factor(step, 20, expected or 10**6, 0.1)
-        batch = torch.stack([ds[step * args.batch + b] for b in range(args.batch)])  # (B, T+1)
-        loss = train_step(model, opt, batch, bf16)
-        step += 1
-    train_s = time.perf_counter() - t0
-    model.eval()
-    figures = split_likelihood(model, data.split("test"), tok, args.seq_len, batch_size=8)
-    row = {
-        "model": kind, "params": num_parameters(model), "data": str(data_dir),
-        "tokenizer": tok.cfg.kind, "bpe": tok.is_trained,
-        "vocab": tok.vocab_size, "steps": step, "train_minutes": round(train_s / 60, 2),
-        "last_train_loss": round(loss, 3), "test_nll_per_token": round(figures["nll_per_token"], 4),
-        "test_bits_per_note": round(figures["bits_per_note"], 3),
-    }  # fmt: skip
-    log.info("%s", row)
-    return row
+    budget = minutes * 60
+    t0 = time.perf_counter()
+    while True:
+        live = [e for e in entries if e.clock < budget]
+        if not live:
+            break
+        e = min(live, key=lambda e: e.clock)
+        e.train_step(args, budget)
+        if e.step % 50 == 0:
+            log.info("%s step %d loss %.3f (%.1f of %.1f min)", e.label, e.step, e.loss,
+                     e.clock / 60, minutes)  # fmt: skip
+    wall = time.perf_counter() - t0
+    rows = []
+    for e in entries:
+        e.model.eval()
+        tok = e.data.tokenizer
+        figures = split_likelihood(e.model, e.data.split("test"), tok, args.seq_len, batch_size=8)
+        row = {
+            "model": e.label, "kind": e.kind, "seed": e.seed, "params": num_parameters(e.model),
+            "data": str(e.data_dir), "tokenizer": tok.cfg.kind, "bpe": tok.is_trained,
+            "vocab": tok.vocab_size, "lr": e.lr, "overrides": e.overrides or "-", "steps": e.step,
+            "train_minutes": round(e.clock / 60, 2), "last_train_loss": round(e.loss, 3),
+            "test_nll_per_token": round(figures["nll_per_token"], 4),
+            "test_bits_per_note": round(figures["bits_per_note"], 3),
+        }  # fmt: skip
+        log.info("%s", row)
+        rows.append(row)
+        if args.save_dir and e.kind == "aurl":
+            save_as_bundle(e, args.save_dir / f"{e.label}_seed{e.seed}")
+    log.info("trained %d models together in %.1f min wall", len(entries), wall / 60)
+    return rows
+
+
+def save_as_bundle(e: Entry, out: Path) -> None:
+    """A model bundle (``aurl generate --model OUT``) with the corpus's generation defaults."""
+    import dataclasses
+
+    from aurl.bundle import save_bundle
+    from aurl.config import DataConfig, RunConfig
+    from aurl.training.run import corpus_sample_defaults
+
+    tok = e.data.tokenizer
+    cfg = RunConfig(
+        name=out.name, tokenizer=tok.cfg, data=DataConfig(path=str(e.data_dir)), model=e.cfg
+    )
+    cfg = dataclasses.replace(cfg, sample=corpus_sample_defaults(cfg, tok))
+    save_bundle(out, e.model, cfg, tok)
+
+
+def entries_for(variants: list[str], data_dir: Path, seed: int, args) -> list[Entry]:
+    out = []
+    for text in variants:
+        label, kind, overrides, lr = parse_variant(text)
+        out.append(Entry(label, kind, data_dir, overrides, lr or args.lr, seed, args))
+    return out
 
 
 def part_quality(args: argparse.Namespace) -> dict:
+    """Aurl against x-transformers (or any ``--variant`` list), trained together per seed."""
     if args.data is None:
         raise SystemExit("--part quality needs --data PREPARED_DIR")
-    rows = [train_for(k, args.data, args.minutes, args) for k in ("aurl", "x-transformers")]
-    return {"minutes_each": args.minutes, "precision": args.precision, "rows": rows}
+    variants = args.variant or ["aurl=aurl", "x-transformers=x-transformers"]
+    rows = []
+    for seed in args.seeds:
+        rows += train_together(entries_for(variants, args.data, seed, args), args.minutes, args)
+    return {"minutes_each": args.minutes, "precision": args.precision, "seeds": args.seeds,
+            "variants": variants, "rows": rows}  # fmt: skip
+
+
+def part_ablate(args: argparse.Namespace) -> dict:
+    """Like quality, under its own key, so ablations do not overwrite the headline table."""
+    return part_quality(args)
 
 
 def part_tokenizers(args: argparse.Namespace) -> dict:
     if not args.dirs:
         raise SystemExit("--part tokenizers needs prepared directories as arguments")
-    rows = [train_for("aurl", Path(d), args.minutes, args) for d in args.dirs]
-    return {"minutes_each": args.minutes, "precision": args.precision, "rows": rows}
+    rows = []
+    for seed in args.seeds:
+        entries = [Entry(Path(d).name, "aurl", Path(d), {}, args.lr, seed, args) for d in args.dirs]
+        rows += train_together(entries, args.minutes, args)
+    return {
+        "minutes_each": args.minutes,
+        "precision": args.precision,
+        "seeds": args.seeds,
+        "rows": rows,
+    }
 
 
 def to_markdown(results: dict) -> str:
@@ -205,7 +316,7 @@ def to_markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=["speed", "quality", "tokenizers"], required=True)
+    p.add_argument("--part", choices=["speed", "quality", "ablate", "tokenizers"], required=True)
     p.add_argument("--data", type=Path, help="prepared directory (quality)")
     p.add_argument("dirs", nargs="*", help="prepared directories (tokenizers)")
     p.add_argument("--minutes", type=float, default=5.0, help="training wall time per model")
@@ -215,13 +326,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one training run per seed")
+    p.add_argument(
+        "--variant", action="append", help="label=kind[:field=value,...] (quality/ablate)"
+    )
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--save-dir", type=Path, help="keep each trained model here (LABEL_seedS.pt)")
     p.add_argument("--out", type=Path, default=RESULTS / "train.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    res = {"speed": part_speed, "quality": part_quality, "tokenizers": part_tokenizers}[args.part](
-        args
-    )
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
+    parts = {"speed": part_speed, "quality": part_quality, "ablate": part_ablate,
+             "tokenizers": part_tokenizers}  # fmt: skip
+    res = parts[args.part](args)
     res["command"] = "python benchmarks/bench_train.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )

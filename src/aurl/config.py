@@ -240,6 +240,11 @@ class ModelConfig:
     for the math path (T×T scores in memory); `dropout` still regularizes the residual stream."""
     mlp: str = "gelu"
     """Feed-forward kind: gelu (two matmuls) or swiglu (gated; hidden width 2/3 of d_ff keeps the parameter count)."""
+    init_std: float = 0.0
+    """Standard deviation of the normal init of embeddings and linear weights; 0 = sqrt(2 / (5 *
+    d_model)), the "small init" of Nguyen & Salazar 2019 (0.040 at d_model 256; GPT-2's fixed 0.02
+    was set for d_model 768 and learned slower here: benchmarks/results/train.md, ablate).
+    Residual output projections get init_std / sqrt(2 * n_layers)."""
     vae: VAEConfig = field(default_factory=VAEConfig)
 
     def __post_init__(self) -> None:
@@ -260,6 +265,7 @@ class ModelConfig:
             raise ValueError(f"model.attn_dropout={self.attn_dropout} must be in [0, 1)")
         _check_positive("model.window", self.window)
         _check_positive("model.global_stride", self.global_stride)
+        _check_positive("model.init_std", self.init_std, allow_zero=True)
 
 
 @dataclass

@@ -66,18 +66,19 @@ class MusicTransformer(nn.Module):
             # Press & Wolf 2017: one matrix for input and output embeddings (fewer parameters,
             # and every token's embedding gets a gradient at every step through the softmax).
             self.lm_head.weight = self.tok_emb.weight
-        self.apply(self._init_weights)
+        std = cfg.init_std or math.sqrt(2.0 / (5.0 * C))
+        self.apply(lambda m: self._init_weights(m, std))
         # GPT-2: residual projections scaled by 1/sqrt(2·n_layers) so the residual stream's variance
         # does not grow with depth.
-        residual_std = 0.02 / math.sqrt(2 * cfg.n_layers)
+        residual_std = std / math.sqrt(2 * cfg.n_layers)
         for block in self.blocks:
             nn.init.normal_(block.attn.proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.down.weight, mean=0.0, std=residual_std)
 
     @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(module: nn.Module, std: float = 0.02) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
