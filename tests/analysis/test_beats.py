@@ -7,7 +7,14 @@ import pytest
 import symusic
 from analysis_scores import cadence, make_score, progression
 
-from aurl.analysis.beats import track_beats
+from aurl.analysis.beats import (
+    N_EVIDENCE,
+    beat_evidence,
+    phase_evidence,
+    phase_weights,
+    track_beats,
+)
+from aurl.analysis.notes import score_notes
 
 
 def test_wrong_time_signature_is_ignored_bars_come_from_the_music():
@@ -57,3 +64,32 @@ def test_performance_without_a_usable_tempo_map_is_tracked_from_the_notes():
 def test_empty_score_has_no_beats():
     bt = track_beats(make_score([]))
     assert len(bt.beats) == 0 and len(bt.downbeats) == 0
+
+
+def test_melody_decides_the_bar_phase_when_chords_change_every_half_bar():
+    # Two beats of accompaniment before the tune; chords change every 2 beats throughout, so
+    # harmony alone cannot tell bar lines from half bars. The tune sings on each bar line (beat 2,
+    # 6, 10, ...) and on the bar's last beat, never on its third: bars start at beat 2.
+    chords = [(0, "maj", 0), (9, "min", 0), (5, "maj", 0), (7, "maj", 0)] * 5
+    acc = progression(chords, beats_per_chord=2)
+    tune = []
+    for bar in range(9):
+        b = 2 + 4 * bar
+        tune += [(b, 3, 76, 100), (b + 3, 1, 74, 100)]
+    score = make_score(acc + tune, ts=(1, 4))
+    bt = track_beats(score)
+    assert bt.beats_per_bar == 4
+    assert bt.downbeats[0] == pytest.approx(1.0, abs=1e-6)  # beat 2 at 120 BPM
+
+
+def test_beat_evidence_columns_and_phase_weights():
+    notes = score_notes(make_score(progression(cadence(0) * 2)))
+    beats = np.arange(32) * 0.5
+    ev = beat_evidence(notes, beats)
+    assert ev.shape == (32, N_EVIDENCE)
+    np.testing.assert_allclose(ev.mean(axis=0), 0.0, atol=1e-9)  # z-scored per column
+    # Without a melody its two columns carry nothing.
+    np.testing.assert_allclose(ev[:, 9:], 0.0, atol=1e-9)
+    assert phase_weights().shape == (N_EVIDENCE,)
+    # Chords and bass notes every 4 beats from beat 0: phase 0 gets the most evidence.
+    assert int(np.argmax(phase_evidence(ev, 4) @ phase_weights())) == 0

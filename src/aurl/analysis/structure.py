@@ -3,38 +3,82 @@
 1. Each bar (from the downbeats) becomes a melody vector (pitch per 8th-note slot, held notes
    continue, rests are -1) and a harmony vector (chord label per beat).
 2. Bar-to-bar similarity: share of equal slots (transposition ignored: none in pop repeats).
-3. Boundary evidence per bar line: a melody rest just before it, the start of a repeated block
-   (bar i matches bar i-L while bar i-1 does not match bar i-1-L), and the first melody bar.
-4. A dynamic programme picks boundaries that balance that evidence against a prior on phrase
-   length in bars (pop phrases are mostly 4 or 8 bars; Dai, Zhang & Dannenberg 2020).
+3. Boundary evidence per bar line (:func:`bar_features`): melody rests before it, melody present
+   or not on either side, the start of a repeated block (bar i matches bar i-L while bar i-1 does
+   not match bar i-1-L; also for L a multiple of 4), Foote novelty of the similarity matrix over
+   2, 4 and 8 bars, the bar count from the first melody bar modulo 4 and 8, the first melody bar
+   and the bar after the last, a chord change at the bar line, a note held at the end of the bar
+   before. A small network over these features of bars i-2..i+2 (``data/structure_model.json``,
+   fitted on POP909 001-600 by ``benchmarks/fit_structure_model.py``) gives a boundary logit.
+4. A dynamic programme picks the phrase starts maximising the boundary logits (plus ``offset``)
+   plus ``length_weight`` x the log frequency of each phrase length in bars in the annotations of
+   POP909 001-600 (4 and 8 bars dominate; Dai, Zhang & Dannenberg 2020).
 5. Labels: segments whose mean similarity is above ``same_threshold`` share a letter (A, B, ...);
    melody-free segments get lowercase letters (intro/bridge/outro style, as the annotations).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 
 import numpy as np
 
 SLOTS_PER_BEAT = 2
-# log prior of a phrase of n bars (each phrase also pays 0.5, so a boundary needs evidence);
-# lengths not listed cost LENGTH_OTHER. Tuned on POP909 001-040 (boundary F 0.549 -> 0.570).
-LENGTH_PRIOR = {4: -0.5, 8: -0.5, 2: -2.5, 6: -2.5, 12: -3.0, 16: -3.0, 3: -3.5, 5: -3.5}
-LENGTH_OTHER = -5.5
+N_BAR_FEATURES = 16  # columns of :func:`bar_features`
+CONTEXT_BARS = 2  # the boundary network sees the features of bars i-2..i+2
 
 
 @dataclass(frozen=True)
 class StructureConfig:
-    rest_weight: float = 1.5  # evidence of a melody rest (>= 1 beat) right before a bar line
-    repeat_weight: float = 2.0  # evidence of a repeated block starting at a bar line
     min_sim: float = 0.6  # bar similarity counted as a repetition
     same_threshold: float = 0.55  # segment similarity for sharing a label
-    max_bars: int = 16  # longest phrase considered
+    # DP balance; None = the values chosen on POP909 601-700 and stored in structure_model.json
+    length_weight: float | None = None  # weight of the phrase-length log prior
+    offset: float | None = None  # added to every boundary logit (more or fewer phrases)
 
-    def __post_init__(self) -> None:
-        if self.max_bars < 2:
-            raise ValueError(f"StructureConfig.max_bars={self.max_bars}; must be >= 2")
+
+@dataclass(frozen=True)
+class StructureModel:
+    """Boundary network (F*5 -> H -> 1) and the phrase-length prior."""
+
+    w1: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: float
+    mean: np.ndarray
+    std: np.ndarray
+    length_logp: np.ndarray  # (L,) log frequency of phrases of 1..L bars
+    length_weight: float
+    offset: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StructureModel:
+        a = {
+            k: np.asarray(d[k], dtype=np.float64)
+            for k in ("w1", "b1", "w2", "mean", "std", "length_logp")
+        }
+        if a["w1"].shape[1] != N_BAR_FEATURES * (2 * CONTEXT_BARS + 1):
+            raise ValueError(f"structure model takes {a['w1'].shape[1]} features")
+        return cls(
+            b2=float(d["b2"]),
+            length_weight=float(d["length_weight"]),
+            offset=float(d["offset"]),
+            **a,
+        )
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        """(bars,) boundary logit of each bar line from :func:`bar_features`."""
+        x = (with_context(feats) - self.mean) / self.std
+        return np.maximum(x @ self.w1.T + self.b1, 0.0) @ self.w2 + self.b2
+
+
+@lru_cache(maxsize=1)
+def default_model() -> StructureModel:
+    text = resources.files("aurl.analysis").joinpath("data/structure_model.json").read_text()
+    return StructureModel.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -97,46 +141,87 @@ def similarity(mel: np.ndarray, harm: np.ndarray) -> np.ndarray:
     return np.where(both_silent, 0.5 * h, 0.7 * m + 0.3 * h)
 
 
-def boundary_evidence(sim: np.ndarray, mel: np.ndarray, cfg: StructureConfig) -> np.ndarray:
-    """(bars,) evidence that a phrase starts at each bar."""
+def _foote(sim: np.ndarray, width: int) -> np.ndarray:
+    """(bars,) checkerboard novelty: mean similarity inside the blocks before/after minus across."""
     n = len(sim)
-    ev = np.zeros(n)
-    # A rest at the end of the previous bar (last two slots silent) before melody in this bar.
-    if n > 1:
-        rest_before = (mel[:-1, -SLOTS_PER_BEAT:] < 0).all(axis=1) & (mel[1:] >= 0).any(axis=1)
-        ev[1:] += cfg.rest_weight * rest_before
+    out = np.zeros(n)
+    for i in range(1, n):
+        a, b = max(0, i - width), min(n, i + width)
+        if b > i:
+            within = 0.5 * (sim[a:i, a:i].mean() + sim[i:b, i:b].mean())
+            out[i] = within - sim[a:i, i:b].mean()
+    return out
+
+
+def bar_features(mel: np.ndarray, harm: np.ndarray, sim: np.ndarray, min_sim: float) -> np.ndarray:
+    """(bars, 16) evidence that a phrase starts at each bar line (see the module docstring)."""
+    n, slots = mel.shape
     has = (mel >= 0).any(axis=1)
     first = int(np.argmax(has)) if has.any() else 0
-    ev[first] += 2.0
     last = n - 1 - int(np.argmax(has[::-1])) if has.any() else n - 1
-    if last + 1 < n:
-        ev[last + 1] += 2.0
-    rep = np.zeros(n)
+    sounding = (mel >= 0).ravel()
+    # Silent slots right before each bar line (up to 4 bars), by a running count.
+    silent_run = np.zeros(len(sounding) + 1)
+    for k, on in enumerate(sounding):
+        silent_run[k + 1] = 0.0 if on else silent_run[k] + 1
+    rest_before = np.minimum(silent_run[np.arange(n) * slots], 4 * slots) / (4 * slots)
+    rep, rep4 = np.zeros(n), np.zeros(n)
     for lag in range(2, n):
-        d = np.diagonal(sim, offset=-lag)  # d[k] = sim[k + lag, k]
-        hit = d >= cfg.min_sim
-        start = hit & ~np.r_[False, hit[:-1]]
-        # A block of at least two matching bars starting here.
-        long = start & np.r_[hit[1:], False]
-        rep[np.flatnonzero(long) + lag] = np.maximum(rep[np.flatnonzero(long) + lag], 1.0)
-        rep[np.flatnonzero(long)] = np.maximum(rep[np.flatnonzero(long)], 1.0)
-    ev += cfg.repeat_weight * rep
-    return ev
+        hit = np.diagonal(sim, offset=-lag) >= min_sim  # hit[k]: bar k + lag repeats bar k
+        start = hit & ~np.r_[False, hit[:-1]] & np.r_[hit[1:], False]  # a block of >= 2 bars
+        idx = np.flatnonzero(start)
+        for r in (rep, rep4) if lag % 4 == 0 else (rep,):
+            r[idx + lag] = 1.0
+            r[idx] = 1.0
+    k = np.arange(n) - first
+    prev_has = np.r_[False, has[:-1]]
+    last_beat_silent = np.r_[False, (mel[:-1, -SLOTS_PER_BEAT:] < 0).all(axis=1)]
+    chord_change = np.r_[False, harm[1:, 0] != harm[:-1, -1]]
+    held = np.r_[False, (mel[:-1, -1] >= 0) & (mel[:-1, -1] == mel[:-1, -2 * SLOTS_PER_BEAT])]
+    cols = [
+        last_beat_silent & has,
+        rest_before,
+        has,
+        prev_has,
+        has != prev_has,
+        rep,
+        rep4,
+        _foote(sim, 2),
+        _foote(sim, 4),
+        _foote(sim, 8),
+        k % 4 == 0,
+        k % 8 == 0,
+        np.arange(n) == first,
+        np.arange(n) == last + 1,
+        chord_change,
+        held,
+    ]
+    return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
 
 
-def segment_bars(ev: np.ndarray, cfg: StructureConfig) -> list[int]:
-    """Bar indices where phrases start (always 0), by DP over phrase lengths."""
-    n = len(ev)
+def with_context(feats: np.ndarray) -> np.ndarray:
+    """(bars, F * 5): each bar's features, then those of bars i-1, i+1, i-2, i+2 (zeros outside)."""
+    parts = [feats]
+    for d in range(1, CONTEXT_BARS + 1):
+        pad = np.zeros((d, feats.shape[1]))
+        parts += [np.r_[pad, feats[:-d]][: len(feats)], np.r_[feats[d:], pad][-len(feats) :]]
+    return np.concatenate(parts, axis=1)
+
+
+def segment_bars(logits: np.ndarray, length_logp: np.ndarray, length_weight: float) -> list[int]:
+    """Bar indices where phrases start (always 0): DP over phrase lengths 1..len(length_logp)."""
+    n = len(logits)
+    max_len = len(length_logp)
     best = np.full(n + 1, -np.inf)
     best[0] = 0.0
     back = np.zeros(n + 1, dtype=np.int64)
     for end in range(1, n + 1):
-        for length in range(1, min(cfg.max_bars, end) + 1):
+        for length in range(1, min(max_len, end) + 1):
             start = end - length
             s = (
                 best[start]
-                + LENGTH_PRIOR.get(length, LENGTH_OTHER)
-                + (ev[start] if start > 0 else 0.0)
+                + length_weight * length_logp[length - 1]
+                + (logits[start] if start > 0 else 0.0)
             )
             if s > best[end]:
                 best[end], back[end] = s, start
@@ -178,6 +263,7 @@ def find_sections(
     downbeats: np.ndarray,
     end: float,
     cfg: StructureConfig | None = None,
+    model: StructureModel | None = None,
 ) -> list[Section]:
     """Sections ``[start, end)`` with repetition letters, from melody notes and chord segments."""
     cfg = cfg or StructureConfig()
@@ -195,8 +281,11 @@ def find_sections(
     bpb = mel.shape[1] // SLOTS_PER_BEAT
     harm = bar_harmony(chords, beats, bar_idx, bpb)
     sim = similarity(mel, harm)
-    ev = boundary_evidence(sim, mel, cfg)
-    starts = segment_bars(ev, cfg)
+    model = model or default_model()
+    weight = model.length_weight if cfg.length_weight is None else cfg.length_weight
+    offset = model.offset if cfg.offset is None else cfg.offset
+    logits = model.logits(bar_features(mel, harm, sim, cfg.min_sim)) + offset
+    starts = segment_bars(logits, model.length_logp, weight)
     labels = label_segments(sim, starts, len(bar_idx), mel, cfg)
     times = [float(downbeats[s]) for s in starts]
     times[0] = 0.0
