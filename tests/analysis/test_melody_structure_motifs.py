@@ -10,10 +10,25 @@ from analysis_scores import make_score, progression
 
 from aurl.analysis.beats import track_beats
 from aurl.analysis.chords import recognize_chords
-from aurl.analysis.melody import extract_melody, melody_notes, skyline
+from aurl.analysis.melody import (
+    N_CONTEXT,
+    MelodyModel,
+    context_features,
+    extract_melody,
+    melody_notes,
+    skyline,
+)
+from aurl.analysis.melody import default_model as default_melody_model
 from aurl.analysis.motifs import MotifConfig, find_motifs
 from aurl.analysis.notes import score_notes
-from aurl.analysis.structure import find_sections
+from aurl.analysis.structure import (
+    N_BAR_FEATURES,
+    bar_features,
+    find_sections,
+    segment_bars,
+    similarity,
+    with_context,
+)
 
 # A 4-bar tune (start beat, duration, pitch), repeated to build A A B A.
 TUNE_A = [
@@ -123,3 +138,67 @@ def test_planted_motif_is_found_at_every_transposition():
 def test_motif_config_is_validated():
     with pytest.raises(ValueError, match="min_notes"):
         MotifConfig(min_notes=1)
+
+
+def test_context_features_place_each_note_against_the_provisional_line():
+    # A rising line C D E (P = 0.9) with a high C two octaves up struck with the D (P = 0.2).
+    notes = score_notes(
+        make_score([(0, 1, 60, 90), (1, 1, 62, 90), (1, 1, 84, 60), (2, 1, 64, 90)])
+    )
+    prob = np.where(notes.pitch == 84, 0.2, 0.9)
+    f = context_features(notes, prob)
+    assert f.shape == (4, N_CONTEXT)
+    hi, d = int(np.flatnonzero(notes.pitch == 84)[0]), int(np.flatnonzero(notes.pitch == 62)[0])
+    # columns: 3 = P - best other of the group, 4 = is best, 5/6 = leap from/to the line (octaves)
+    assert f[hi, 3] == pytest.approx(-0.7) and f[hi, 4] == 0.0
+    assert f[d, 3] == pytest.approx(0.7) and f[d, 4] == 1.0
+    assert f[hi, 5] == pytest.approx(2.0) and f[hi, 6] == pytest.approx(20 / 12)
+    assert f[d, 5] == pytest.approx(2 / 12) and f[d, 6] == pytest.approx(-2 / 12)
+
+
+def test_melody_model_layouts():
+    model = default_melody_model()
+    assert len(model.stages) >= 2  # the shipped scorer is stacked
+    first = model.stages[0]
+    flat = {
+        "w1": first.w1.tolist(),
+        "b1": first.b1.tolist(),
+        "w2": first.w2.tolist(),
+        "b2": first.b2,
+        "mean": first.mean.tolist(),
+        "std": first.std.tolist(),
+        "threshold": 0.4,
+    }
+    one = MelodyModel.from_dict(flat)  # the one-stage file layout still loads
+    assert len(one.stages) == 1
+    with pytest.raises(ValueError, match="stage 2 takes 14 features"):
+        MelodyModel(stages=(first, first), threshold=0.4)
+
+
+def test_bar_features_mark_a_repeat_after_a_rest():
+    # 8 bars of 8 slots: bars 4-7 repeat bars 0-3; the melody rests through the end of bar 3.
+    rng = np.random.default_rng(3)
+    tune = rng.integers(60, 72, size=(4, 8))
+    tune[3, 4:] = -1
+    mel = np.concatenate([tune, tune])
+    harm = np.tile(np.arange(4)[:, None], (2, 4))
+    sim = similarity(mel, harm)
+    f = bar_features(mel, harm, sim, 0.6)
+    assert f.shape == (8, N_BAR_FEATURES)
+    assert f[4, 0] == 1.0 and f[4, 1] == pytest.approx(4 / 32)  # rest before bar 4: 4 slots
+    assert f[4, 5] == 1.0 and f[4, 6] == 1.0  # a repeated block starts at bar 4 (lag 4)
+    assert f[4, 10] == 1.0 and f[2, 10] == 0.0  # 4 bars after the first melody bar
+    assert f[4, 8] == pytest.approx(0.0)  # no novelty where a block repeats exactly
+    ctx = with_context(f)
+    assert ctx.shape == (8, 5 * N_BAR_FEATURES)
+    np.testing.assert_array_equal(ctx[4, N_BAR_FEATURES : 2 * N_BAR_FEATURES], f[3])  # bar i-1
+    np.testing.assert_array_equal(ctx[0, N_BAR_FEATURES : 2 * N_BAR_FEATURES], 0.0)
+
+
+def test_segment_bars_follows_the_logits_and_the_length_prior():
+    logp = np.log(np.r_[[0.02] * 3, 0.5, [0.02] * 3, 0.4])  # 4 and 8 bars likely
+    flat = np.full(16, -1.0)
+    assert segment_bars(flat, logp, 1.0) == [0, 8]  # 16 bars: two 8-bar phrases
+    strong = flat.copy()
+    strong[[4, 8, 12]] = 3.0
+    assert segment_bars(strong, logp, 1.0) == [0, 4, 8, 12]
