@@ -186,6 +186,19 @@ def latent_checks(
     }
 
 
+def run_progress(run_dir: Path) -> tuple[int, float]:
+    """(optimizer steps, training seconds) of a run: from its summary.txt when it finished, else
+    from checkpoints/last.ckpt (global step and Lightning's Timer state; a run stopped early)."""
+    summary = run_dir / "summary.txt"
+    if summary.is_file():
+        lines = summary.read_text().splitlines()
+        steps = int(next(x for x in lines if x.startswith("steps")).split()[1])
+        return steps, 60 * float(next(x for x in lines if x.startswith("wall time")).split()[2])
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    timer = ckpt.get("callbacks", {}).get("Timer", {}).get("time_elapsed", {})
+    return int(ckpt["global_step"]), float(timer.get("train", 0.0))
+
+
 def prior_suite(bundle, data: Path, out: Path, num: int, bars: int) -> dict:
     """``num`` prior pieces of ``bars`` bars (as ``aurl sample`` decodes them: temperature 1,
     top-p 0.95, seeds 0..num-1) written as MIDI to ``out``, then the evaluation suite against the
@@ -254,9 +267,8 @@ def run_mode(
         skip_train = True
         config = run_dir / "config.yaml"
     run_dir = run_dir or work / mode
-    if skip_train:  # measure the run already in WORK/mode (its own summary gives steps and time)
-        lines = (run_dir / "summary.txt").read_text().splitlines()
-        train_s = 60 * float(next(x for x in lines if x.startswith("wall time")).split()[2])
+    if skip_train:  # measure the run already there (steps and training time from the run itself)
+        steps, train_s = run_progress(run_dir)
         minutes = round(train_s / 60, 1)
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume of an older one
@@ -264,13 +276,7 @@ def run_mode(
         load_before = os.getloadavg()
         run.train(cfg, run_dir)
         train_s = time.perf_counter() - t0
-    steps = int(
-        next(
-            line
-            for line in (run_dir / "summary.txt").read_text().splitlines()
-            if line.startswith("steps")
-        ).split()[1]
-    )
+        steps = run_progress(run_dir)[0]
 
     bundle = load_bundle(run_dir)
     prepared = PreparedData(data)
