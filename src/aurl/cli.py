@@ -158,7 +158,11 @@ def _add_tune(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, required=True, help="search directory (study.db, trial_NNN/)"
     )
     p.add_argument("--trials", type=int, default=8, help="finished trials to reach (resumes)")
-    p.add_argument("--minutes-per-trial", type=float, default=5.0)
+    p.add_argument("--minutes-per-trial", type=float, default=5.0, help="0: no time limit")
+    p.add_argument(
+        "--steps-per-trial", type=int, default=0,
+        help="train each trial this many steps (fair when the cores are shared)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to every trial")
 
@@ -168,7 +172,8 @@ def _run_tune(args: argparse.Namespace) -> int:
 
     rows = tune.tune(
         args.config, args.data, args.out, trials=args.trials,
-        minutes_per_trial=args.minutes_per_trial, overrides=args.overrides, seed=args.seed,
+        minutes_per_trial=args.minutes_per_trial, steps_per_trial=args.steps_per_trial,
+        overrides=args.overrides, seed=args.seed,
     )  # fmt: skip
     print(f"aurl tune: {len(rows)} trial(s) in {args.out} (study.db, trials.csv, trials.md)")
     print(tune.render(rows))

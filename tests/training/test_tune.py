@@ -16,7 +16,7 @@ TINY = REPO / "configs" / "tiny.yaml"
 def test_tune_runs_trials_and_resumes_an_interrupted_search(tiny_data, tmp_path, capsys):
     out = tmp_path / "search"
     args = ["tune", "--config", str(TINY), "--data", str(tiny_data), "--out", str(out),
-            "--minutes-per-trial", "1", "trainer.max_steps=10", "trainer.val_every_steps=5"]  # fmt: skip
+            "--minutes-per-trial", "0", "--steps-per-trial", "10", "trainer.val_every_steps=5"]  # fmt: skip
     assert main([*args, "--trials", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| trial | state | val_loss |" in printed
@@ -35,6 +35,8 @@ def test_tune_runs_trials_and_resumes_an_interrupted_search(tiny_data, tmp_path,
                for s in states) == 3  # fmt: skip
     rows = (out / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("trial,state,val_loss,last_step,optim.lr") and len(rows) == 5
+    complete = [r.split(",") for r in rows[1:] if r.split(",")[1] == "complete"]
+    assert complete and all(r[3] == "10" for r in complete)  # the step budget, not a clock
 
 
 def test_bad_override_fails_before_any_trial(tiny_data, tmp_path):

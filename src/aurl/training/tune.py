@@ -8,7 +8,10 @@ a validation is worse than the median of earlier trials at the same step stops e
 more trials for the same wall time.
 
 Each trial trains ``OUT/trial_NNN`` for ``minutes_per_trial`` minutes (``trainer.max_time_minutes``)
-from the base config with the sampled overrides; its objective is the best validation loss
+or, with ``steps_per_trial``, for that many optimizer steps (``trainer.max_steps``; the learning-rate
+schedule then spans the trial, and trials stay comparable when other jobs share the cores: the first
+time-budgeted search here ranked trials by how many steps the load let them make), from the base
+config with the sampled overrides; its objective is the best validation loss
 (nats/token; within one tokenizer, ranking by it equals ranking by bits per note).
 """
 
@@ -60,6 +63,7 @@ DEFAULT_SPACE: tuple[Param, ...] = (
     Param("model.dropout", 0.0, 0.2),
     Param("optim.weight_decay", 0.0, 0.2),
     Param("model.tie_weights", 0, 1, kind="bool"),
+    Param("model.init_std", 0.01, 0.1, log=True),
 )
 
 
@@ -96,7 +100,8 @@ def tune(
     out: str | os.PathLike,
     *,
     trials: int,
-    minutes_per_trial: float,
+    minutes_per_trial: float = 0.0,
+    steps_per_trial: int = 0,
     overrides: list[str] | None = None,
     space: tuple[Param, ...] = DEFAULT_SPACE,
     seed: int = 0,
@@ -106,14 +111,17 @@ def tune(
     of the trials table (also written to ``OUT/trials.csv`` and ``OUT/trials.md``)."""
     import optuna
 
-    if trials < 1 or not minutes_per_trial > 0:
-        raise ValueError(f"--trials {trials} must be >= 1 and --minutes-per-trial > 0")
+    if trials < 1 or not (minutes_per_trial > 0 or steps_per_trial > 0):
+        raise ValueError(
+            f"--trials {trials} must be >= 1, with --minutes-per-trial > 0 or --steps-per-trial > 0"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = [
         *(overrides or []),
         f"data.path={data}",
         f"trainer.max_time_minutes={minutes_per_trial}",
+        *([f"trainer.max_steps={steps_per_trial}"] if steps_per_trial > 0 else []),
     ]
     load_config(config, base)  # a bad config or override fails here, before any trial
     from aurl.training.run import train
@@ -144,7 +152,8 @@ def tune(
         if pruning.pruned:
             raise optuna.TrialPruned(f"val/loss {pruning.best:.4f} above the median")
         if not math.isfinite(pruning.best):
-            raise RuntimeError(f"{run_dir}: no validation ran in {minutes_per_trial} min")
+            budget = f"{steps_per_trial} steps" if steps_per_trial else f"{minutes_per_trial} min"
+            raise RuntimeError(f"{run_dir}: no validation ran in {budget}")
         return pruning.best
 
     while True:
