@@ -73,3 +73,11 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert main(["generate", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "no model at" in err and "--model" in err
+
+
+def test_only_midi_writes_midi_and_settings_only(model_dir, tmp_path):
+    out = tmp_path / "out"
+    argv = ["generate", "--model", str(model_dir), "--out", str(out), "--num", "2", "--bars", "1",
+            "--only-midi"]  # fmt: skip
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["piece_00.mid", "piece_01.mid", "samples.json"]

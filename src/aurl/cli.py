@@ -287,6 +287,10 @@ def _add_common_generation(p: argparse.ArgumentParser) -> None:
 def _add_generate(p: argparse.ArgumentParser) -> None:
     _add_common_generation(p)
     p.add_argument("--num", type=int, default=4, help="pieces to generate")
+    p.add_argument(
+        "--only-midi", action="store_true",
+        help="write MIDI only (no audio, MusicXML or piano roll): the fast way to make evaluation sets",
+    )  # fmt: skip
     length = p.add_mutually_exclusive_group()
     length.add_argument("--bars", type=int, help="length in bars")
     length.add_argument("--seconds", type=float, help="length in seconds of music")
