@@ -10,8 +10,10 @@ generated piece's meter is known, unlike a user's file):
 - ``chord_vocabulary``: how many distinct chords (root + quality, inversions ignored) it uses.
 - ``chord_fifth_motion``: share of chord changes whose root moves by a fourth or fifth (the motion
   of most cadences and circle-of-fifths progressions).
-- ``repeated_bars``: share of bars whose melody and harmony repeat an earlier bar (bar-level
-  self-similarity of :mod:`aurl.analysis.structure`).
+- ``repeated_bars``: share of (non-silent) bars whose notes repeat an earlier bar's: Jaccard
+  similarity of the bars' (16th position, pitch) sets over all voices at least
+  ``StructureConfig.min_sim``. All voices rather than the extracted melody: the melody scorer is
+  trained on pop songs, and a chorale or a generated piece has no single tune to extract.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ import numpy as np
 
 from aurl.analysis.chords import recognize_chords
 from aurl.analysis.key import estimate_keys, global_key
-from aurl.analysis.melody import extract_melody, melody_notes
 from aurl.analysis.notes import NoteArray
-from aurl.analysis.structure import StructureConfig, bar_harmony, bar_melody, similarity
+from aurl.analysis.structure import StructureConfig
 from aurl.evaluation.features import Piece, feature
 
 _LAST: list = []  # (piece id, results) of the last piece analysed: the four features share one run
@@ -67,13 +68,12 @@ def _analyse(piece: Piece) -> dict:
         if len(beats) >= 4 and len(downbeats) >= 2:
             keys = estimate_keys(notes=notes, beats=beats)
             chords = recognize_chords(notes=notes, beats=beats, downbeats=downbeats)
-            mel = melody_notes(notes, extract_melody(notes=notes))
             out = {
                 "keys": keys,
                 "chords": chords,
-                "melody": mel,
                 "beats": beats,
                 "downbeats": downbeats,
+                "notes": notes,
             }
     _LAST[:] = [(piece, out)]
     return out
@@ -129,7 +129,7 @@ def chord_fifth_motion(piece: Piece) -> float:
 @feature(
     "repeated_bars",
     unit="fraction",
-    description="Share of bars whose melody and harmony repeat an earlier bar.",
+    description="Share of bars whose notes (position and pitch, all voices) repeat an earlier bar.",
     title="repeated bars",
 )
 def repeated_bars(piece: Piece) -> float:
@@ -137,18 +137,27 @@ def repeated_bars(piece: Piece) -> float:
     if not a or len(a["downbeats"]) < 3:
         return float("nan")
     beats, downbeats = a["beats"], a["downbeats"]
-    bar_idx = np.searchsorted(beats, downbeats - 1e-6)
-    bar_idx = bar_idx[bar_idx < len(beats)]
-    mel = a["melody"]
-    on = np.array([m.start for m in mel])
-    off = np.array([m.end for m in mel])
-    p = np.array([m.pitch for m in mel])
-    mel_bars = (
-        bar_melody(on, off, p, beats, bar_idx) if len(mel) else np.full((len(bar_idx), 8), -1)
-    )
-    bpb = mel_bars.shape[1] // 2
-    harm = bar_harmony(a["chords"], beats, bar_idx, bpb)
-    sim = similarity(mel_bars, harm)
+    notes = a["notes"]
+    # Every note as (bar, 16th position in the bar, pitch), all voices: the feature must not hang
+    # on which notes the (pop-trained) melody scorer calls the tune.
+    beat_pos = np.interp(notes.onset, beats, np.arange(len(beats), dtype=np.float64))
+    bar_beat = np.interp(downbeats, beats, np.arange(len(beats), dtype=np.float64))
+    bar = np.searchsorted(bar_beat, beat_pos + 1e-6, side="right") - 1
+    ok = bar >= 0
+    slot = np.round((beat_pos - bar_beat[np.maximum(bar, 0)]) * 4).astype(np.int64)
+    content: list[set] = [set() for _ in range(len(downbeats))]
+    for b, q, p in zip(bar[ok], slot[ok], notes.pitch[ok], strict=True):
+        content[b].add((int(q), int(p)))
     threshold = StructureConfig().min_sim
-    repeats = [(sim[i, :i] >= threshold).any() for i in range(1, len(sim))]
+    repeats = []
+    for i in range(1, len(content)):
+        if not content[i]:
+            continue  # a silent bar repeats nothing
+        repeats.append(
+            any(
+                len(content[i] & content[j]) / len(content[i] | content[j]) >= threshold
+                for j in range(i)
+                if content[j]
+            )
+        )
     return float(np.mean(repeats)) if repeats else float("nan")
