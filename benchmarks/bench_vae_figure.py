@@ -113,7 +113,7 @@ def main() -> None:
         )
     ]
     fig.suptitle(
-        f"{bundle.path.name}: test chorale {args.pair[0]} (A) -> {args.pair[1]} (B), "
+        f"{args.model}: test chorale {args.pair[0]} (A) -> {args.pair[1]} (B), "
         f"{args.steps} steps, first {n * v.bars_per_segment} bars, greedy",
         fontsize=10, y=1 - 0.12 / height, va="top",
     )  # fmt: skip
