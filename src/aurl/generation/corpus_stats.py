@@ -56,6 +56,16 @@ class CorpusStats:
         )
 
 
+def _base_ids(ids: Sequence[int], vocab: Vocab) -> Iterable[int]:
+    """``ids`` with every BPE merge replaced by the base ids it stands for (recursively)."""
+    for tok in ids:
+        tok = int(tok)
+        if vocab.expansion is not None and tok < len(vocab.expansion) and vocab.types[tok] == "BPE":
+            yield from _base_ids(vocab.expansion[tok], vocab)
+        else:
+            yield tok
+
+
 def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
     """Replay each piece's token ids and collect note lengths, voices and programs."""
     durations: list[float] = []
@@ -68,8 +78,7 @@ def measure(pieces: Iterable[Sequence[int]], vocab: Vocab) -> CorpusStats:
         n_pieces += 1
         s = SeqState()
         most = 0
-        for tok in ids:
-            tok = int(tok)
+        for tok in _base_ids(ids, vocab):
             if tok < vocab.size and is_off[tok]:
                 opened = s.sounding.get((s.program, int(vocab.pitch[tok])))
                 if opened is not None:
