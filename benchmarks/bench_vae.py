@@ -497,7 +497,7 @@ def main() -> None:
         "notes": "bits/note here is a reconstruction NLL -log p(x|z=mu), not comparable with the LM's bits/note",
     }
     atomic_write_text(args.out, json.dumps(blob, indent=2) + "\n")
-    title = " vs ".join({"vae": "VAE", "vae_gan": "VAE-GAN"}[m] for m in args.modes)
+    title = " vs ".join({"vae": "VAE", "vae_gan": "VAE-GAN"}[r["mode"]] for r in results)
     md = f"# {title} ({results[0]['train_minutes']} min each, Bach test split)\n\n"
     md += f"`python {shlex.join(sys.argv)}`"
     if args.run:
@@ -505,7 +505,7 @@ def main() -> None:
     elif args.skip_train:
         md += f" (measured the runs already in `{shown(args.work)}`, not trained here)"
     md += "\n\n"
-    md += f"{render(results)}\n\n{blob['verdict']}\n"
+    md += render(results) + "\n" + ("" if len(results) < 2 else f"\n{blob['verdict']}\n")
     if results[-1]["gan_losses_png"]:
         md += f"\nGAN loss curves: `{shown(results[-1]['gan_losses_png'])}`\n"
     atomic_write_text(args.out.with_suffix(".md"), md)
