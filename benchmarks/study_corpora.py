@@ -171,9 +171,10 @@ def reading(corpora: dict) -> list[str]:
         f" {bach['key_changes_share']:.0%} of the chorales: its change penalty was tuned on POP909, where the keys"
         " are long, and keeps a short chorale in one key; a chorale's passing modulations show up as"
         " secondary dominants instead.",
-        "- **Phrase lengths.** Four and eight bars dominate in both, but the structure DP's prior favours"
-        " exactly these lengths and its boundaries match the POP909 annotators only about half the time"
-        " (BENCHMARKS.md), so this panel shows the prior at least as much as the music.",
+        "- **Phrase lengths.** Four and eight bars dominate in both, but the structure DP's length prior"
+        " (learned from the POP909 annotations) favours exactly these lengths and its boundaries match the"
+        " POP909 annotators only about 57 % of the time on held-out songs (boundary F at 3 s,"
+        " BENCHMARKS.md), so this panel shows the prior at least as much as the music.",
         "",
     ]
 
@@ -226,7 +227,7 @@ def main() -> None:
         "track first. Numerals are relative to the key in force (uppercase = major third, lowercase =",
         "minor third, ° diminished); repeated chords are merged, `N` dropped. How far to trust the",
         'analyzers: see BENCHMARKS.md, section "Analysis (issue 11)" (chords ~93 % majmin on POP909,',
-        "key ~85-90 %, phrase boundaries ~50 % F at 3 s, so the phrase figures are the roughest).",
+        "key ~85-90 %, phrase boundaries ~57 % F at 3 s, so the phrase figures are the roughest).",
         "",
         "![top progressions and phrase lengths](studies/corpora.png)",
         "",
