@@ -195,3 +195,27 @@ def test_programs_bans_other_instruments_only(midilike):
         "Program_40",
     }
     assert names == others - {"Program_-1"}  # drums are never generated anyway (grammar)
+
+
+@pytest.mark.parametrize("kind", ["tsd", "midilike"])
+def test_bpe_merges_are_sampled_and_their_base_tokens_obey_the_grammar(kind, etude):
+    tok = MusicTokenizer(TokenizerConfig(kind=kind))
+    score, _ = load_score(etude)
+    tok.train_bpe([score], len(tok.base_vocab) + 60)
+    vocab = C.Vocab.from_tokenizer(tok)
+    extra = [lambda v: C.MaxDuration(v, 1.0)] if kind == "tsd" else []
+    grammar = C.Grammar(vocab)
+    merges_used = 0
+    for seed in range(3):
+        ids = random_constrained(tok, 150, seed, extra)
+        merges_used += sum(t >= len(tok.base_vocab) for t in ids)
+        state = C.SeqState()
+        for t in tok.expand(ids)[1:]:  # after BOS, every base token must be one the grammar allows
+            assert not grammar.banned(state)[t], (tok.base_vocab[t], state.phase)
+            C.advance(state, int(t), vocab)
+        decoded = tok.decode(ids)
+        assert decoded.note_num() == tok.count_notes(ids)
+        if kind == "tsd":  # the duration cap holds inside merges too
+            durations = [n.duration for t in decoded.tracks for n in t.notes]
+            assert max(durations, default=0) <= decoded.ticks_per_quarter
+    assert merges_used > 0

@@ -7,7 +7,9 @@ to ``-inf``, **soft** ones subtract a penalty (nats). The grammar is always stri
 guarantees that every sequence the sampler returns can be decoded by the tokenizer. Musical
 constraints as single-purpose masks follow jthickstun/anticipation's ``sample.py``.
 
-Tokens the grammar does not model (drums, tempo, MASK, BPE merges) are banned by the grammar.
+Tokens the grammar does not model (drums, tempo, MASK) are banned by the grammar. A BPE merge is
+allowed when the first base token it stands for is allowed now and none of its base tokens is banned
+by a musical constraint now (:meth:`ConstraintSet._merges`); its penalties are the sum of theirs.
 
 Shape letters: B batch, V vocabulary.
 """
@@ -382,6 +384,8 @@ class ConstraintSet:
         self.constraints = [Grammar(vocab), *constraints]
         self.penalty = penalty
         self.states: list[SeqState] = []
+        self._merge_ids, self._merge_base = _merge_table(vocab)
+        self._merge_notes = _merge_note_needs(vocab, self._merge_base)
 
     def start(self, prompts: Sequence[Sequence[int]]) -> None:
         bar_len = next((c.bar_len for c in self.constraints if isinstance(c, TimeSignature)), 4.0)
@@ -428,6 +432,9 @@ class ConstraintSet:
                         hard[b, np.flatnonzero(v.program[:V] == prog)] = keep[v.program[:V] == prog]
             for g in gates:
                 hard[b] |= g
+                musical |= g
+            if len(self._merge_ids):
+                self._merges(b, hard, musical, soft, graded)
         hard_t = torch.from_numpy(hard)
         dead = (hard_t | torch.isneginf(logits)).all(dim=-1)  # (B,)
         if dead.any():
@@ -441,6 +448,41 @@ class ConstraintSet:
             out = out - torch.from_numpy(soft * self.penalty + graded).to(out.dtype)
         return out
 
+    def _merges(self, b: int, hard, musical, soft, graded) -> None:
+        """Row ``b``'s verdict on the BPE merges, from that on the base tokens they stand for.
+
+        The first base token must pass everything (grammar included); the later ones only the
+        musical constraints, as judged in the current state. Merges are fragments of training
+        sequences, so after a valid first token their own event order is the grammar's (REMI
+        positions are checked only at the first token). MIDILike's note bookkeeping is checked on
+        the sounding notes: a later NoteOn needs its pitch silent, a later NoteOff (of a note the
+        merge did not open) a pitch sounding since before now, and merges that change program
+        inside are not used. Musical rules that depend on time (a voice limit reached inside a
+        merge) are judged on the state before it: close, not exact."""
+        V = hard.shape[1]
+        keep = self._merge_ids < V
+        ids, base = self._merge_ids[keep], self._merge_base[keep]  # (M,), (M, K) padded with -1
+        pad = base < 0
+        idx = np.where(pad, 0, base)
+        later = np.where(pad, False, musical[idx])
+        later[:, 0] = hard[b][base[:, 0]]
+        banned = later.any(axis=1)
+        if self._merge_notes is not None:
+            silent, sounding, program_change = (x[keep] for x in self._merge_notes)
+            s = self.states[b]
+            mine = {
+                p: on for (prog, p), (on, _) in s.sounding.items()
+                if prog == s.program or not self.vocab.has("Program")
+            }  # fmt: skip
+            now = np.zeros(128, dtype=bool)
+            now[list(mine)] = True
+            before = np.zeros(128, dtype=bool)
+            before[[p for p, on in mine.items() if on < s.time - TIME_EPS]] = True
+            banned |= (silent & now).any(axis=1) | (sounding & ~before).any(axis=1) | program_change
+        hard[b, ids] = banned
+        soft[b, ids] = np.where(pad, False, soft[b][idx]).any(axis=1)
+        graded[b, ids] = np.where(pad, 0.0, graded[b][idx]).sum(axis=1)
+
     def advance(self, tokens: Sequence[int]) -> None:
         for s, tok in zip(self.states, tokens, strict=True):
             advance(s, int(tok), self.vocab)
@@ -451,6 +493,49 @@ class ConstraintSet:
 
     def reorder(self, indices: Sequence[int]) -> None:
         self.states = [copy.deepcopy(self.states[int(i)]) for i in indices]
+
+
+def _merge_table(vocab: Vocab) -> tuple[np.ndarray, np.ndarray]:
+    """BPE merge ids (M,) and the base ids each stands for (M, K), padded with -1."""
+    if vocab.expansion is None:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.int64)
+    ids = [i for i in range(min(vocab.size, len(vocab.expansion))) if vocab.types[i] == "BPE"]
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 1), dtype=np.int64)
+    width = max(len(vocab.expansion[i]) for i in ids)
+    base = np.full((len(ids), width), -1, dtype=np.int64)
+    for row, i in enumerate(ids):
+        base[row, : len(vocab.expansion[i])] = vocab.expansion[i]
+    return np.asarray(ids, dtype=np.int64), base
+
+
+def _merge_note_needs(vocab: Vocab, base: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """MIDILike: per merge, the pitches its later NoteOns need silent (M, 128), the pitches its
+    later NoteOffs need sounding from before (M, 128; notes the merge opens itself excluded), and
+    whether it holds a Program token after its first (M,). None for other schemes."""
+    if vocab.kind != "midilike" or not len(base):
+        return None
+    M = len(base)
+    silent = np.zeros((M, 128), dtype=bool)
+    sounding = np.zeros((M, 128), dtype=bool)
+    program_change = np.zeros(M, dtype=bool)
+    on, off = vocab.mask_of("NoteOn"), vocab.mask_of("NoteOff")
+    for m, row in enumerate(base):
+        opened: set[int] = set()
+        closed: set[int] = set()
+        for k, t in enumerate(row[row >= 0]):
+            p = int(vocab.pitch[t])
+            if on[t]:
+                opened.add(p)
+                if k > 0 and p not in closed:
+                    silent[m, p] = True
+            elif off[t]:
+                closed.add(p)
+                if k > 0 and p not in opened:
+                    sounding[m, p] = True
+            elif k > 0 and vocab.program[t] >= -1:
+                program_change[m] = True
+    return silent, sounding, program_change
 
 
 def finish(ids: list[int], vocab: Vocab) -> list[int]:
