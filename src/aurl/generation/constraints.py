@@ -173,6 +173,11 @@ class Polyphony:
         return self.mask if s.num_sounding() >= self.max_notes else None
 
 
+def _oldest_open_onset(s: SeqState) -> float | None:
+    """Onset (beats) of the oldest MIDILike note still waiting for its NoteOff; None if none."""
+    return min((on for on, end in s.sounding.values() if end == float("inf")), default=None)
+
+
 class MaxDuration:
     """No note outlives ``beats`` (the longest note of the training corpus, ``SampleConfig``).
 
@@ -196,10 +201,10 @@ class MaxDuration:
     def banned(self, s: SeqState) -> np.ndarray | None:
         if self.vocab.kind != "midilike":
             return self.long
-        open_onsets = [on for on, end in s.sounding.values() if end == float("inf")]
-        if not open_onsets:
+        oldest = _oldest_open_onset(s)
+        if oldest is None:
             return None
-        left = min(open_onsets) + self.beats - s.time  # beats until the oldest note must end
+        left = oldest + self.beats - s.time  # beats until the oldest note must end
         out = self.shift & (self.vocab.beats > left + TIME_EPS)
         if left <= TIME_EPS:
             out = out | self.stall
@@ -228,10 +233,10 @@ class Release:
     def banned(self, s: SeqState) -> np.ndarray | None:
         if self.vocab.kind != "midilike":
             return self.long
-        open_onsets = [on for on, end in s.sounding.values() if end == float("inf")]
-        if not open_onsets:
+        oldest = _oldest_open_onset(s)
+        if oldest is None:
             return None
-        deadline = min(open_onsets) + self.beats
+        deadline = oldest + self.beats
         over = np.maximum(s.time + self.vocab.beats - deadline, 0.0)  # (V,) beats past it
         return np.where(self.shift, over * self.rate, 0.0)
 
