@@ -356,7 +356,7 @@ class SampleConfig:
     """Notes held longer than this are pushed to end (a soft penalty on advancing time); training
     sets it to the train split's 99.9th percentile of note length; 0 = off."""
     max_polyphony: int = 0
-    """Default voice limit, measured at training (90th percentile of per-piece maxima); 0 = none."""
+    """Default voice limit, measured at training (the median of per-piece maxima); 0 = none."""
     programs: tuple[int, ...] = ()
     """Default instruments (General MIDI programs playing >= 5 % of the train notes); () = any."""
 

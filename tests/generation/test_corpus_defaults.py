@@ -213,3 +213,18 @@ def test_corpus_stats_see_through_bpe_merges():
     assert merged.notes == plain.notes == 32
     assert merged.max_note_beats == plain.max_note_beats == pytest.approx(2.0)
     assert merged.note_beats_p999 == pytest.approx(plain.note_beats_p999)
+
+
+def test_voice_limit_is_the_count_most_pieces_never_exceed():
+    tok = MusicTokenizer(TokenizerConfig(kind="midilike"))
+
+    def chord(voices: int) -> symusic.Score:
+        score = symusic.Score(480)
+        track = symusic.Track(program=0)
+        for v in range(voices):
+            track.notes.append(symusic.Note(0, 480, 60 + 3 * v, 90))
+        score.tracks.append(track)
+        return score
+
+    pieces = [tok.encode(chord(n)) for n in (4, 4, 4, 5, 12)]  # one doubled-part outlier
+    assert measure(pieces, Vocab.from_tokenizer(tok)).max_polyphony == 4
