@@ -64,7 +64,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from aurl.data import prepare
 
     if args.input == "merge":
-        summary = prepare.merge([Path(x) for x in args.parts], args.out)
+        from aurl.data.merge import merge
+
+        summary = merge([Path(x) for x in args.parts], args.out)
     else:
         summary = prepare.prepare(
             args.input,

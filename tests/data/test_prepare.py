@@ -13,6 +13,7 @@ import pytest
 from aurl.config import TokenizerConfig
 from aurl.data import prepare as prep
 from aurl.data.dataset import PreparedData
+from aurl.data.merge import merge
 from aurl.data.roundtrip import note_tuples
 
 MIDI = Path(__file__).resolve().parent / "midi"
@@ -140,7 +141,7 @@ def test_slices_merge_into_the_full_run(folder, tmp_path):
         )
     sizes = [PreparedData(p).manifest["files_total"] for p in parts]
     assert sum(sizes) == 7 and min(sizes) > 0
-    merged = prep.merge(parts, tmp_path / "merged")
+    merged = merge(parts, tmp_path / "merged")
     full = prep.prepare(str(folder), tmp_path / "full", cfg, splits=splits, seed=seed)
     assert merged.files_ok == full.files_ok and len(merged.files_failed) == len(full.files_failed)
     a, b = PreparedData(tmp_path / "merged"), PreparedData(tmp_path / "full")
