@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aurl.data.prepare import PrepareSummary, _sum_counts, _write_dataset
+from aurl.data.prepare import PrepareSummary, sum_counts, write_dataset
 
 
 def merge(parts: list[Path], out: Path) -> PrepareSummary:
@@ -57,9 +57,9 @@ def merge(parts: list[Path], out: Path) -> PrepareSummary:
         "files_ok": sum(m["files_ok"] for m in ms),
         "files_failed": [f for m in ms for f in m["files_failed"]],
         "files_repaired": sum(m["files_repaired"] for m in ms),
-        "repairs": _sum_counts(m["repairs"] for m in ms),
+        "repairs": sum_counts(m["repairs"] for m in ms),
         "beats": sum(m["beats"] for m in ms),
         "split_rule": ms[0]["split_rule"],
     }
-    manifest = _write_dataset(Path(out), tok, pieces, manifest, started)
+    manifest = write_dataset(Path(out), tok, pieces, manifest, started)
     return PrepareSummary.from_manifest(Path(out), manifest, reused=False)

@@ -272,7 +272,7 @@ def _read_part(part_path: Path) -> tuple[list[dict], Iterator[np.ndarray]]:
 # writing the prepared directory
 
 
-def _write_dataset(
+def write_dataset(
     out: Path,
     tok: MusicTokenizer,
     pieces: Callable[[str], Iterator[tuple[str, np.ndarray]]],
@@ -462,13 +462,13 @@ def prepare(
         # a folder's other files; an embedded corpus lists its own files
         "files_ignored": _ignored_files(root) if Path(input) == root else {},
         "files_repaired": sum(bool(m["repairs"]) for m, _ in ok),
-        "repairs": _sum_counts(m["repairs"] for m, _ in ok),
+        "repairs": sum_counts(m["repairs"] for m, _ in ok),
         "beats": total_beats,
         "slowest": slowest,
         "timeout_s": timeout,
         "timings": {"tokenize": round(t_tokenize, 2), "bpe_train": round(t_bpe, 2)},
     }
-    manifest = _write_dataset(out, tok, pieces, manifest, started)
+    manifest = write_dataset(out, tok, pieces, manifest, started)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return PrepareSummary.from_manifest(out, manifest, reused=False)
 
@@ -546,7 +546,7 @@ def _part_pieces(
                 yield m["path"], ids
 
 
-def _sum_counts(dicts) -> dict[str, int]:
+def sum_counts(dicts) -> dict[str, int]:
     total: dict[str, int] = {}
     for d in dicts:
         for k, v in d.items():
