@@ -166,7 +166,9 @@ class VAEConfig:
     decoder: str = "flat"
     """flat: one decoder over the whole segment, latents as a prefix (reads previous tokens and
     learns to ignore z, issue 13); conductor: MusicVAE's hierarchical decoder, each bar decoded
-    alone from its own latent prefix (models/conductor.py), so the latents must carry the music."""
+    alone from its own latent prefix (models/conductor.py), so the latents must carry the music;
+    grid: a piano roll per segment decoded all at once, not autoregressively (models/grid_vae.py):
+    nothing but z tells the decoder the music, so it cannot collapse (issue 13)."""
     bow_weight: float = 0.0
     """conductor only: weight of the auxiliary bag-of-notes loss (each bar's tokens predicted from
     its conductor state alone; Zhao et al. 2017), a signal through z the decoder cannot take over."""
@@ -174,6 +176,15 @@ class VAEConfig:
     """Add a learned embedding of each token's place within its bar to the encoder's input. The
     encoder mean-pools each bar, and with rotary positions its states carry no absolute position,
     so without this a bar latent holds roughly a bag of tokens: which pitches, not when (issue 13)."""
+    grid_steps_per_beat: int = 4
+    """decoder=grid: roll steps per beat (4 = 16th notes; 47 of Bach's 124,560 onsets are finer)."""
+    grid_pitch_low: int = 24
+    """decoder=grid: lowest pitch of the roll."""
+    grid_pitch_high: int = 97
+    """decoder=grid: one past the highest pitch of the roll (notes outside are dropped)."""
+    grid_transpose: int = 5
+    """decoder=grid, training only: each segment is transposed by a random shift in
+    [-grid_transpose, grid_transpose] semitones that keeps it inside the roll (0 = off)."""
     # VAE-GAN
     disc_layers: int = 2
     disc_windows: tuple[int, ...] = (16, 64, 256)
@@ -194,7 +205,17 @@ class VAEConfig:
         )
         _check_choice("model.vae.prior", self.prior, ("gaussian", "mog"))
         _check_choice("model.vae.adv_loss", self.adv_loss, ("hinge", "nsgan"))
-        _check_choice("model.vae.decoder", self.decoder, ("flat", "conductor"))
+        _check_choice("model.vae.decoder", self.decoder, ("flat", "conductor", "grid"))
+        if self.grid_steps_per_beat not in (1, 2, 3, 4, 6, 8, 12):
+            raise ValueError(
+                f"model.vae.grid_steps_per_beat={self.grid_steps_per_beat} must divide a beat; use 4 or 8"
+            )
+        if not 0 <= self.grid_pitch_low < self.grid_pitch_high <= 128:
+            raise ValueError(
+                f"model.vae.grid_pitch_low={self.grid_pitch_low}, grid_pitch_high="
+                f"{self.grid_pitch_high} must satisfy 0 <= low < high <= 128"
+            )
+        _check_positive("model.vae.grid_transpose", self.grid_transpose, allow_zero=True)
         _check_positive("model.vae.bow_weight", self.bow_weight, allow_zero=True)
         _check_positive("model.vae.latent_dim", self.latent_dim)
         _check_positive("model.vae.bars_per_segment", self.bars_per_segment)
