@@ -46,7 +46,7 @@ from scipy.stats import spearmanr
 
 from aurl.config import atomic_write_text, load_config
 from aurl.generation.latent import first_segment
-from aurl.training.vae_module import note_f1
+from aurl.training.vae_metrics import note_f1
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -199,6 +199,11 @@ def run_progress(run_dir: Path) -> tuple[int, float]:
     return int(ckpt["global_step"]), float(timer.get("train", 0.0))
 
 
+def prior_temperature(bundle) -> float:
+    """What ``aurl sample`` decodes prior latents at: 1.0 for token decoders, 0 for the grid."""
+    return 0.0 if bundle.config.model.vae.decoder == "grid" else 1.0
+
+
 def prior_suite(bundle, data: Path, out: Path, num: int, bars: int) -> dict:
     """``num`` prior pieces of ``bars`` bars (as ``aurl sample`` decodes them: temperature 1,
     top-p 0.95, seeds 0..num-1) written as MIDI to ``out``, then the evaluation suite against the
@@ -211,7 +216,9 @@ def prior_suite(bundle, data: Path, out: Path, num: int, bars: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     t0 = time.perf_counter()
-    rows = sample_rows(bundle, num=num, bars=bars, seed=0, temperature=1.0, top_p=0.95)
+    rows = sample_rows(
+        bundle, num=num, bars=bars, seed=0, temperature=prior_temperature(bundle), top_p=0.95
+    )
     for i, body in enumerate(rows):
         write_midi(tok.decode([tok.bos_id, *body, tok.eos_id]), out / f"piece_{i:03d}.mid")
     decode_s = time.perf_counter() - t0
@@ -255,7 +262,8 @@ def run_mode(
     from aurl.data.dataset import PreparedData
     from aurl.generation.latent import decode_rows, encode_ids
     from aurl.training import run
-    from aurl.training.vae_module import SegmentDataset, _split_pieces, vae_metrics
+    from aurl.training.vae_metrics import vae_metrics
+    from aurl.training.vae_module import SegmentDataset, _split_pieces
 
     cfg = load_config(
         config,
@@ -293,11 +301,12 @@ def run_mode(
     path = model.interpolate(za, zb, 6)
     ref = score_stats(tok, [list(p) for p in test])
     special = {tok.bos_id, tok.eos_id, tok.pad_id}
-    raw_rows = model.decode(path, 506, bos_id=tok.bos_id, eos_id=tok.eos_id)  # no grammar
     decoded = {
-        "grammar": decode_rows(bundle, path, 0.0, 1.0, seed=0),  # what `aurl interpolate` writes
-        "raw": [[i for i in r if i not in special] for r in raw_rows],
-    }
+        "grammar": decode_rows(bundle, path, 0.0, 1.0, seed=0)
+    }  # what `aurl interpolate` writes
+    if hasattr(model, "decode"):  # token decoders: also without the grammar (the grid has none)
+        raw_rows = model.decode(path, 506, bos_id=tok.bos_id, eos_id=tok.eos_id)
+        decoded["raw"] = [[i for i in r if i not in special] for r in raw_rows]
     ends = tuple(first_segment(model, tok, test[k])[0].tolist() for k in (0, 1))
     interp = {name: [interp_step(tok, ref, i, row, ends) for i, row in enumerate(rows)]
               for name, rows in decoded.items()}  # fmt: skip
@@ -305,7 +314,7 @@ def run_mode(
     # prior samples vs test segments
     gen = torch.Generator().manual_seed(0)
     z = model.sample_latents(samples, gen)
-    rows = decode_rows(bundle, z, 1.0, 0.95, seed=1)
+    rows = decode_rows(bundle, z, prior_temperature(bundle), 0.95, seed=1)
     suite = prior_suite(bundle, data, work / f"{mode}_prior_samples", samples, sample_bars)
     seg_ds = SegmentDataset(test, tok, model.cfg.vae, model.cfg.max_seq_len, shuffle=False)
     seg_rows = [s[0].tolist() for s in seg_ds.segments]
@@ -351,11 +360,15 @@ def run_mode(
     return result
 
 
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def render(results: list[dict]) -> str:
     rows = [
         ("steps in the budget", lambda r: f"{r['steps']}"),
-        ("recon acc, teacher-forced", lambda r: f"{r['metrics']['recon_acc_teacher']:.3f}"),
-        ("recon acc, greedy from mu", lambda r: f"{r['metrics']['recon_acc_greedy']:.3f}"),
+        ("recon acc, teacher-forced", lambda r: _fmt(r['metrics'].get('recon_acc_teacher'))),
+        ("recon acc, greedy from mu", lambda r: _fmt(r['metrics'].get('recon_acc_greedy'))),
         ("recon note F1, greedy from mu", lambda r: f"{r['metrics']['recon_note_f1_greedy']:.3f}"),
         ("recon bits/note (z = mu)", lambda r: f"{r['metrics']['bits_per_note']:.3f}"),
         ("ELBO bits/note (bound)", lambda r: f"{r['metrics']['elbo_bits_per_note']:.3f}"),
@@ -365,7 +378,7 @@ def render(results: list[dict]) -> str:
         ("interp. note F1 vs A, steps 0..5", lambda r: " ".join(f"{x['note_f1_vs_a']:.2f}" for x in r["interpolation"]["grammar"])),
         ("interp. note F1 vs B, steps 0..5", lambda r: " ".join(f"{x['note_f1_vs_b']:.2f}" for x in r["interpolation"]["grammar"])),
         ("interp. middle steps valid (grammar / raw)",
-         lambda r: f"{r['interpolation_middle_ok']['grammar']} / {r['interpolation_middle_ok']['raw']}"),
+         lambda r: f"{r['interpolation_middle_ok']['grammar']} / {r['interpolation_middle_ok'].get('raw', '-')}"),
         ("prior: pitch-class L1 vs test", lambda r: f"{r['prior_samples']['pc_hist_l1_vs_test']:.3f}"),
         ("prior: polyphony (test)", lambda r: f"{r['prior_samples']['mean_polyphony']:.2f} ({r['prior_samples']['test_mean_polyphony']:.2f})"),
         ("prior: notes/beat (test)", lambda r: f"{r['prior_samples']['notes_per_beat']:.2f} ({r['prior_samples']['test_notes_per_beat']:.2f})"),

@@ -105,7 +105,7 @@ def test_interpolate_and_vary_through_the_cli_with_the_conductor(trained, tmp_pa
 
 def test_vae_metrics_report_the_keys_evaluate_promises(trained):
     from aurl.bundle import load_bundle
-    from aurl.training.vae_module import vae_metrics
+    from aurl.training.vae_metrics import vae_metrics
 
     bundle = load_bundle(trained[0])
     got = vae_metrics(

@@ -348,6 +348,9 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     _add_common_generation(p)
     p.add_argument("--num", type=int, default=8)
     p.add_argument("--bars", type=int, default=8)
+    # token VAEs sample their decoder at 1.0; the grid VAE decodes each cell's most likely class
+    # (its cells are drawn independently, so sampling them scatters notes): None = per model
+    p.set_defaults(temperature=None)
 
 
 def _add_interpolate(p: argparse.ArgumentParser) -> None:

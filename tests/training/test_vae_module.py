@@ -22,16 +22,15 @@ from aurl.config import (
     VAEConfig,
 )
 from aurl.models.discriminator import discriminator_loss, relaxed_tokens
+from aurl.training.vae_metrics import note_f1, vae_metrics
 from aurl.training.vae_module import (
     SegmentDataset,
     VAEModule,
     adapt_beta,
     free_bits_kl,
     kl_weight,
-    note_f1,
     plot_gan_losses,
     trim_batch,
-    vae_metrics,
 )
 
 MIDI = Path(__file__).resolve().parents[1] / "data" / "midi"

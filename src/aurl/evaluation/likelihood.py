@@ -104,7 +104,7 @@ def evaluate(
     if bundle.config.model.mode != "transformer":
         # A VAE has no exact likelihood: report its reconstruction NLL and ELBO bound per note over
         # bar-aligned segments (vae_metrics documents why these differ from the LM's figures).
-        from aurl.training.vae_module import vae_metrics
+        from aurl.training.vae_metrics import vae_metrics
 
         result = vae_metrics(bundle, data, split, batch_size=batch_size)
         result.update(

@@ -467,7 +467,7 @@ def _finish(cfg: RunConfig, run_dir: Path, trainer: pl.Trainer, wall_s: float) -
         f"run        {cfg.name}  ({run_dir})",
         f"steps      {trainer.global_step} / {cfg.trainer.max_steps}",
         f"wall time  {wall_s / 60:.1f} min (this session)",
-        f"val loss   best {best:.4f} nats/token"
+        f"val loss   best {best:.4f} nats/{'note' if cfg.model.vae.decoder == 'grid' and cfg.model.mode != 'transformer' else 'token'}"
         if best is not None
         else "val loss   (no validation ran)",
         f"checkpoint {run_dir / CHECKPOINT_DIR / 'last.ckpt'}",

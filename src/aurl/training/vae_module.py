@@ -42,13 +42,13 @@ from aurl.models.discriminator import (
     r1_penalty,
     relaxed_tokens,
 )
+from aurl.models.grid_vae import GridOutput, GridVAE
 from aurl.models.vae import (
     Latents,
     MusicVAE,
     VAEOutput,
     build_vae,
     cut_segments,
-    gaussian_kl,
     pack_segment,
 )
 from aurl.training.module import lr_factor, param_groups
@@ -190,6 +190,17 @@ def open_segment_data(cfg: RunConfig):
         )
     data = dataset.PreparedData(path)
     v = cfg.model.vae
+    if v.decoder == "grid":
+        from aurl.training.grid_data import RollDataset
+
+        pieces = _split_pieces(data, "train")
+        train = RollDataset(
+            pieces, data.tokenizer, v, stride_bars=v.segment_stride_bars, seed=cfg.trainer.seed,
+            augment=True,
+        )  # fmt: skip
+        val = RollDataset(_split_pieces(data, "val"), data.tokenizer, v, shuffle=False)
+        log.info("grid VAE segments: %d train, %d val", len(train), len(val))
+        return data.tokenizer, train, val
     train = SegmentDataset(
         _split_pieces(data, "train"), data.tokenizer, v, cfg.data.seq_len,
         stride_bars=v.segment_stride_bars, seed=cfg.trainer.seed,
@@ -218,9 +229,16 @@ class VAEModule(pl.LightningModule):
             cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size)
         )
         self.vcfg = self.cfg.model.vae
-        self.model: MusicVAE = build_vae(self.cfg.model)
+        self.model: MusicVAE | GridVAE = build_vae(self.cfg.model)
         self.max_seq_len = self.cfg.model.max_seq_len
         self.gan = self.cfg.model.mode == "vae_gan"
+        self.grid = self.vcfg.decoder == "grid"
+        if self.gan and self.grid:
+            raise ValueError(
+                "model.mode=vae_gan needs a token decoder (model.vae.decoder flat or conductor); "
+                "its discriminator reads token sequences, the grid decoder writes piano rolls"
+            )
+        self._tokenizer = None  # grid mode: loaded on demand to turn monitoring samples into ids
         self.discriminator = (
             MultiScaleDiscriminator(
                 vocab_size, self.cfg.model.d_model, self.vcfg.disc_layers, self.vcfg.disc_windows
@@ -241,7 +259,9 @@ class VAEModule(pl.LightningModule):
         return kl_weight(self.global_step, self.vcfg)
 
     def vae_terms(self, batch: dict[str, Tensor]) -> tuple[VAEOutput, dict[str, Tensor]]:
-        """Teacher-forced pass and the named loss terms (per-token scale)."""
+        """Teacher-forced pass and the named loss terms (per-token scale; per note with the grid)."""
+        if self.grid:
+            return self._grid_terms(batch)
         tokens, bar_ids = batch["tokens"].long(), batch["bar_ids"].long()
         self.last_batch_tokens = int((tokens != 0).sum())
         out = self.model(tokens, tokens != 0, bar_ids)
@@ -263,12 +283,34 @@ class VAEModule(pl.LightningModule):
             terms["bow"] = out.bow
         return out, terms
 
+    def _grid_terms(self, batch: dict[str, Tensor]) -> tuple[GridOutput, dict[str, Tensor]]:
+        """The grid VAE's terms, per note: a segment's summed cell NLL and KL over its notes."""
+        roll = batch["roll"].long()
+        notes = batch["notes"].float()
+        self.last_batch_tokens = int(notes.sum())
+        out = self.model(roll)
+        per_seg = notes.mean().clamp_min(1.0)
+        kl_g, kl_b = out.kl_g.sum(-1).mean(), out.kl_b.sum((1, 2)).mean()
+        fb = free_bits_kl(out.kl_g, self.vcfg.free_bits) + free_bits_kl(
+            out.kl_b, self.vcfg.free_bits
+        )
+        recon = out.recon / per_seg
+        terms = {
+            "recon": recon,
+            "kl": kl_g + kl_b,
+            "kl_global": kl_g,
+            "kl_bar": kl_b,
+            "kl_penalized": fb / per_seg,
+            "elbo_loss": recon + (kl_g + kl_b) / per_seg,
+        }
+        return out, terms
+
     def _log_terms(self, prefix: str, terms: dict[str, Tensor], **kw) -> None:
         for name, value in terms.items():
             self.log(f"{prefix}/{name}", value.detach(), **kw)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        batch = trim_batch(batch)
+        batch = batch if self.grid else trim_batch(batch)
         out, terms = self.vae_terms(batch)
         beta = self.beta()
         loss = terms["recon"] + beta * terms["kl_penalized"]
@@ -332,9 +374,10 @@ class VAEModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        batch = trim_batch(batch)
+        batch = batch if self.grid else trim_batch(batch)
         out, terms = self.vae_terms(batch)
-        tgt = out.targets
+        # tokens: next-token accuracy; grid: accuracy on the cells where a note sounds
+        tgt = batch["roll"].long() if self.grid else out.targets
         mask = tgt != 0
         acc = ((out.logits.argmax(-1) == tgt) & mask).sum() / mask.sum().clamp_min(1)
         self.log(
@@ -357,9 +400,22 @@ class VAEModule(pl.LightningModule):
         self.model.eval()
         try:
             z = self.model.sample_latents(1, generator)
+            if self.grid:
+                return self._grid_sample_ids(z, generator)
             return self.model.decode(z, num_tokens, temperature=1.0, generator=generator)[0]
         finally:
             self.model.train(was)
+
+    def _grid_sample_ids(self, z: Latents, generator: torch.Generator) -> list[int]:
+        from aurl.data import dataset
+        from aurl.data.pianoroll import notes_to_score
+        from aurl.training.grid_data import roll_spec, rolls_to_notes
+
+        if self._tokenizer is None:
+            self._tokenizer = dataset.PreparedData(self.cfg.data.path).tokenizer
+        cells = self.model.decode_cells(z, temperature=1.0, generator=generator)
+        notes = rolls_to_notes(cells, roll_spec(self.vcfg))[0]
+        return self._tokenizer.encode(notes_to_score(notes, self.vcfg.grid_steps_per_beat))
 
     # -- optimizers -----------------------------------------------------------------------------
 
@@ -450,161 +506,3 @@ def plot_gan_losses(run_dir: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(out)
     return out
-
-
-def note_f1(tok, ref: list[int], hyp: list[int]) -> float:
-    """F1 of the notes (onset tick, pitch) of two token lists; an undecodable ``hyp`` scores 0."""
-
-    def notes(ids: list[int]) -> set[tuple[int, int]]:
-        body = [i for i in ids if i not in (tok.pad_id, tok.bos_id, tok.eos_id)]
-        score = tok.decode([tok.bos_id, *body, tok.eos_id])
-        return {(int(n.time), int(n.pitch)) for t in score.tracks for n in t.notes}
-
-    want = notes(ref)
-    try:
-        got = notes(hyp)
-    except Exception:  # a greedy decode is free to be ungrammatical; it simply matches nothing
-        got = set()
-    if not want and not got:
-        return 1.0
-    hits = len(want & got)
-    return 2 * hits / (len(want) + len(got))
-
-
-@torch.no_grad()
-def vae_metrics(
-    bundle_or_model,
-    prepared_data,
-    split: str = "test",
-    *,
-    batch_size: int = 8,
-    max_segments: int = 0,
-    greedy_segments: int = 16,
-) -> dict:
-    """Reconstruction figures of a VAE on one split's non-overlapping segments.
-
-    - ``recon_acc_teacher``: next-token accuracy, teacher-forced, z = posterior mean.
-    - ``recon_acc_greedy``: greedy decode from the posterior mean compared position by position with
-      the segment (first ``greedy_segments`` segments; decoding is the slow part). One inserted or
-      dropped token shifts everything after it, so this figure is harsh;
-      ``recon_note_f1_greedy`` compares the same decodes as notes (onset tick, pitch) instead.
-    - ``bits_per_note``: teacher-forced NLL with z = posterior mean, in bits, divided by notes. It is
-      a *reconstruction* NLL -log p(x | z=mu), not a marginal likelihood: it is not comparable with
-      the LM's bits per note. ``elbo_bits_per_note`` (recon at mu + KL) is an upper bound on -log p(x)
-      up to the one-sample approximation.
-    - ``kl_global`` / ``kl_bar``: mean KL per segment (nats) of each latent group.
-    - ``active_units_global`` / ``active_units_bar``: dimensions whose posterior mean varies over the
-      split with variance > 0.01 (Burda et al. 2016).
-    - ``active_units_vs_noise_global`` / ``_bar``: dimensions whose posterior mean varies over the
-      split by more than the posterior's own noise (Var_x[mu] > E_x[sigma^2]): a dimension whose
-      means move by less than its sampling noise tells the decoder little (issue 13).
-    - ``z_usage_nats_per_segment``: how much worse the teacher-forced NLL gets when each segment is
-      decoded from another segment's posterior mean (the batch rolled by one): ~0 for a decoder
-      that ignores z, large for one that takes the music from it.
-    - ``recon_note_f1`` (= ``recon_note_f1_greedy``) and ``kl_per_segment`` (per latent group and
-      total, nats): the keys ``aurl evaluate`` promises for a VAE.
-    """
-    model: MusicVAE = getattr(bundle_or_model, "model", bundle_or_model)
-    tok = prepared_data.tokenizer
-    cfg = model.cfg
-    ds = SegmentDataset(
-        _split_pieces(prepared_data, split), tok, cfg.vae, cfg.max_seq_len, shuffle=False
-    )
-    n = len(ds) if max_segments <= 0 else min(len(ds), max_segments)
-    was = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    nll = correct = count = notes = 0.0
-    kl_g = kl_b = 0.0
-    mus_g, mus_b, vars_g, vars_b = [], [], [], []
-    greedy_hits = greedy_total = 0
-    swap_gap, swap_segments = 0.0, 0
-    f1s: list[float] = []
-    try:
-        for start in range(0, n, batch_size):
-            rows = [ds[i] for i in range(start, min(n, start + batch_size))]
-            tokens = torch.stack([r["tokens"] for r in rows]).to(device)
-            bar_ids = torch.stack([r["bar_ids"] for r in rows]).to(device)
-            mask = tokens != 0
-            post = model.encode(tokens, mask, bar_ids)
-            z = model.posterior_mean(post)
-            logits, tgt = model.teacher_forced(tokens, z, bar_ids)[:2]  # (B', T', V), (B', T')
-            logits = logits.float()
-            valid = tgt != 0
-            ce = F.cross_entropy(logits.transpose(1, 2), tgt, reduction="none")  # (B, T-1)
-            nll += float((ce * valid).sum())
-            if len(rows) > 1:  # the same segments decoded from their neighbours' latents
-                other = Latents(z.z_g.roll(1, 0), None if z.z_b is None else z.z_b.roll(1, 0))
-                logits_o = model.teacher_forced(tokens, other, bar_ids)[0].float()
-                ce_o = F.cross_entropy(logits_o.transpose(1, 2), tgt, reduction="none")
-                swap_gap += float(((ce_o - ce) * valid).sum())
-                swap_segments += len(rows)
-            correct += float(((logits.argmax(-1) == tgt) & valid).sum())
-            count += float(valid.sum())
-            notes += sum(tok.count_notes(t[t != 0].tolist()) for t in tokens.cpu())
-            zeros = torch.zeros_like(post.mu_g)
-            kl_g += float(gaussian_kl(post.mu_g, post.logvar_g, zeros, zeros).sum())
-            mus_g.append(post.mu_g.cpu())
-            vars_g.append(post.logvar_g.exp().cpu())
-            if post.mu_b is not None:
-                mu_p, lv_p = model.bar_prior_params(post.mu_g)
-                kl_b += float(gaussian_kl(post.mu_b, post.logvar_b, mu_p, lv_p).sum())
-                mus_b.append(post.mu_b.flatten(0, 1).cpu())
-                vars_b.append(post.logvar_b.exp().flatten(0, 1).cpu())
-            if start < greedy_segments:
-                k = min(len(rows), greedy_segments - start)
-                length = int(mask.sum(1).max())
-                decoded = model.decode(
-                    z.select(slice(0, k)), length - 1, bos_id=tok.bos_id, eos_id=tok.eos_id
-                )
-                for row, ids in zip(tokens[:k].cpu(), decoded, strict=True):
-                    ref = row[row != 0].tolist()[1:]
-                    hyp = ids[1:]
-                    greedy_hits += sum(a == b for a, b in zip(ref, hyp, strict=False))
-                    greedy_total += len(ref)
-                    f1s.append(note_f1(tok, ref, hyp))
-    finally:
-        model.train(was)
-
-    def active(mus: list[Tensor]) -> int:
-        if not mus:
-            return 0
-        m = torch.cat(mus)
-        return int((m.var(0) > 0.01).sum()) if len(m) > 1 else 0
-
-    def active_vs_noise(mus: list[Tensor], variances: list[Tensor]) -> int:
-        if not mus or len(torch.cat(mus)) < 2:
-            return 0
-        return int((torch.cat(mus).var(0) > torch.cat(variances).mean(0)).sum())
-
-    bits = nll / math.log(2)
-    kl_total = kl_g + kl_b
-    f1 = sum(f1s) / max(len(f1s), 1)
-    return {
-        "split": split,
-        "segments": n,
-        "tokens": int(count),
-        "notes": int(notes),
-        "recon_acc_teacher": correct / max(count, 1.0),
-        "recon_acc_greedy": greedy_hits / max(greedy_total, 1),
-        "recon_note_f1_greedy": f1,
-        "recon_note_f1": f1,
-        "greedy_segments": min(n, greedy_segments),
-        "recon_nll_per_token": nll / max(count, 1.0),
-        "z_usage_nats_per_segment": swap_gap / max(swap_segments, 1),
-        "bits_per_note": bits / max(notes, 1.0),
-        "elbo_bits_per_note": (bits + kl_total / math.log(2)) / max(notes, 1.0),
-        "kl_global": kl_g / max(n, 1),
-        "kl_bar": kl_b / max(n, 1),
-        "active_units_global": active(mus_g),
-        "active_units_bar": active(mus_b),
-        "active_units_vs_noise_global": active_vs_noise(mus_g, vars_g),
-        "active_units_vs_noise_bar": active_vs_noise(mus_b, vars_b),
-        "kl_per_segment": {
-            "global": kl_g / max(n, 1),
-            "bar": kl_b / max(n, 1),
-            "total": kl_total / max(n, 1),
-        },
-        "decoder": cfg.vae.decoder,
-        "latent_dims": {"global": cfg.vae.latent_dim, "bar": cfg.vae.bar_latent_dim},
-    }
