@@ -135,3 +135,44 @@ def test_grid_metrics_report_the_keys_evaluate_promises(trained):
     assert kl["total"] == pytest.approx(kl["global"] + kl["bar"]) and kl["global"] > 0
     assert got["bits_per_note"] > 0 and math.isfinite(got["z_usage_nats_per_segment"])
     assert 0 <= got["active_units_vs_noise_bar"] <= 8
+
+
+def test_vae_gan_on_the_grid_updates_both_players_on_roll_rows(trained):
+    """model.mode=vae_gan with the grid: the discriminator reads a step's P x 3 cells as one row."""
+    import dataclasses
+
+    from aurl.bundle import load_bundle
+    from aurl.training.grid_data import RollDataset
+    from aurl.training.vae_module import VAEModule
+
+    bundle = load_bundle(trained[0])
+    tok = bundle.tokenizer
+    m = bundle.config.model
+    vae = dataclasses.replace(
+        m.vae, disc_windows=(8, 32), disc_layers=1, gan_warmup_steps=0, r1_weight=1.0
+    )
+    cfg = RunConfig(
+        data=DataConfig(seq_len=64),
+        model=dataclasses.replace(m, mode="vae_gan", vae=vae),
+        optim=OptimConfig(batch_size=4, warmup_steps=0),
+        trainer=TrainerConfig(max_steps=3, seed=0),
+    )
+    torch.manual_seed(0)
+    module = VAEModule(cfg, tok.vocab_size)
+    assert module.discriminator.embed.weight.shape[1] == module.model.pitches * 3
+    d_before = {k: v.clone() for k, v in module.discriminator.state_dict().items()}
+    head_before = module.model.head.weight.clone()
+    ds = RollDataset(trained[1], tok, vae, stride_bars=1)
+    trainer = pl.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(ds, batch_size=4))
+    assert trainer.global_step == 3
+    logged = trainer.logged_metrics
+    for name in ("train/adv_g", "train/adv_d", "train/fm", "train/r1", "train/recon"):
+        assert name in logged and math.isfinite(float(logged[name])), name
+    assert any(
+        not torch.equal(v, d_before[k]) for k, v in module.discriminator.state_dict().items()
+    )
+    assert not torch.equal(head_before, module.model.head.weight)

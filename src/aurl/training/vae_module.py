@@ -233,15 +233,13 @@ class VAEModule(pl.LightningModule):
         self.max_seq_len = self.cfg.model.max_seq_len
         self.gan = self.cfg.model.mode == "vae_gan"
         self.grid = self.vcfg.decoder == "grid"
-        if self.gan and self.grid:
-            raise ValueError(
-                "model.mode=vae_gan needs a token decoder (model.vae.decoder flat or conductor); "
-                "its discriminator reads token sequences, the grid decoder writes piano rolls"
-            )
         self._tokenizer = None  # grid mode: loaded on demand to turn monitoring samples into ids
+        # The discriminator reads (B, T, V) one-hot rows: tokens, or with the grid one row per
+        # time step of P pitches x 3 cell classes (off / onset / hold), windows in steps.
+        d_vocab = self.model.pitches * 3 if self.grid else vocab_size
         self.discriminator = (
             MultiScaleDiscriminator(
-                vocab_size, self.cfg.model.d_model, self.vcfg.disc_layers, self.vcfg.disc_windows
+                d_vocab, self.cfg.model.d_model, self.vcfg.disc_layers, self.vcfg.disc_windows
             )
             if self.gan
             else None
@@ -336,12 +334,16 @@ class VAEModule(pl.LightningModule):
         v, clip = self.vcfg, self.cfg.optim.grad_clip
         loss = vae_loss
         if self.global_step >= v.gan_warmup_steps:
-            tgt = out.targets  # (B, T-1), or (B*K, L-1) bar rows with the conductor
-            mask = tgt != 0
-            real = (
-                F.one_hot(tgt, out.logits.shape[-1]).float().requires_grad_(v.r1_weight > 0)
-            )  # (B, T-1, V)
-            fake = relaxed_tokens(out.logits.float(), v.gumbel_tau)  # (B, T-1, V)
+            if self.grid:  # rolls: every step is real, the cells of a step form one row
+                tgt, mask = batch["roll"].long(), None  # (B, T, P)
+                real = F.one_hot(tgt, 3).flatten(2).float()  # (B, T, P*3)
+                fake = relaxed_tokens(out.logits.float(), v.gumbel_tau).flatten(2)
+            else:
+                tgt = out.targets  # (B, T-1), or (B*K, L-1) bar rows with the conductor
+                mask = tgt != 0
+                real = F.one_hot(tgt, out.logits.shape[-1]).float()  # (B, T-1, V)
+                fake = relaxed_tokens(out.logits.float(), v.gumbel_tau)  # (B, T-1, V)
+            real.requires_grad_(v.r1_weight > 0)
             # discriminator step (fake detached: only D learns here)
             d_real = self.discriminator(real, mask)
             d_fake = self.discriminator(fake.detach(), mask)
