@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from aurl.config import DataConfig, ModelConfig, RunConfig, VAEConfig
+from aurl.config import ModelConfig, VAEConfig
 from aurl.data import pianoroll as R
 from aurl.models.grid_vae import GridVAE
 from aurl.models.vae import build_vae
@@ -45,15 +45,9 @@ def test_build_vae_gives_a_grid_vae_with_the_roll_shapes():
     assert cells.shape == (2, 32, 24) and int(cells.max()) <= 2
 
 
-def test_the_grid_decoder_needs_bar_latents_and_no_gan():
+def test_the_grid_decoder_needs_bar_latents():
     with pytest.raises(ValueError, match="bar_latent_dim"):
         build_vae(_cfg(bar_latent_dim=0))
-    from aurl.training.vae_module import VAEModule
-
-    cfg = RunConfig(data=DataConfig(seq_len=64), model=_cfg())
-    cfg.model.mode = "vae_gan"
-    with pytest.raises(ValueError, match="token decoder"):
-        VAEModule(cfg, vocab_size=100)
 
 
 def test_two_segments_are_told_apart_only_through_z():

@@ -89,10 +89,17 @@ class GridVAE(LatentLadder):
             make_block(cfg, causal=False) for _ in range(v.encoder_layers)
         )
         self.encoder_norm = make_norm(cfg.norm, C)
+        # Each bar is read through all of its steps (a linear map of the S step states), not a
+        # mean over them: a mean pools "which pitch when" into "which pitches", and the latents
+        # learned far more slowly with it (BENCHMARKS.md, issue 13's grid ablation).
+        self.bar_read = nn.Linear(self.steps_per_bar * C, C)
         self.to_global = nn.Linear(C, 2 * D)
         self.to_bar = nn.Linear(C + D, 2 * E)
         # decoder
         self.conductor = nn.Sequential(nn.Linear(D + E + C, 2 * C), nn.GELU(), nn.Linear(2 * C, C))
+        # ... and each bar's state is written out to its S steps by a linear map (one slice per
+        # step), so every step starts from its own function of the latents.
+        self.bar_write = nn.Linear(C, self.steps_per_bar * C)
         self.dec_pos = nn.Parameter(torch.randn(T, C) * 0.02)
         self.decoder_blocks = nn.ModuleList(
             make_block(cfg, causal=False) for _ in range(cfg.n_layers)
@@ -119,15 +126,20 @@ class GridVAE(LatentLadder):
             x = block(x)
         return self.encoder_norm(x)
 
+    def _bar_states(self, h: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) step states -> (B, K, C): each bar read through all of its steps."""
+        B, K = h.shape[0], self.num_bars
+        return self.bar_read(h.reshape(B, K, -1)) + self.bar_pos.weight  # (B, K, C)
+
     def _global_posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.to_global(h.mean(1)).chunk(2, dim=-1)  # (B, D) each
+        mu, logvar = self.to_global(self._bar_states(h).mean(1)).chunk(2, dim=-1)  # (B, D) each
         return mu, logvar.clamp(-10.0, 10.0)
 
     def _bar_posterior(
         self, h: torch.Tensor, z_g: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        B, K = h.shape[0], self.num_bars
-        bars = h.view(B, K, self.steps_per_bar, -1).mean(2) + self.bar_pos.weight  # (B, K, C)
+        K = self.num_bars
+        bars = self._bar_states(h)  # (B, K, C)
         cond = z_g[:, None, :].expand(-1, K, -1)  # (B, K, D)
         mu, logvar = self.to_bar(torch.cat([bars, cond], dim=-1)).chunk(2, dim=-1)  # (B, K, E)
         return mu, logvar.clamp(-10.0, 10.0)
@@ -140,7 +152,7 @@ class GridVAE(LatentLadder):
         B, K = z_g.shape[0], self.num_bars
         pos = self.bar_pos.weight[None].expand(B, -1, -1)  # (B, K, C)
         state = self.conductor(torch.cat([z_g[:, None].expand(-1, K, -1), z_b, pos], -1))
-        x = state.repeat_interleave(self.steps_per_bar, dim=1) + self.dec_pos  # (B, T, C)
+        x = self.bar_write(state).view(B, self.steps, -1) + self.dec_pos  # (B, T, C)
         for block in self.decoder_blocks:
             x = block(x)
         return self.head(self.decoder_norm(x)).view(B, self.steps, self.pitches, CLASSES)
