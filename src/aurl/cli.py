@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "bach_small"
+DEFAULT_VAE = DEFAULT_MODEL.parent / "bach_vae"  # sample / interpolate / vary without --model
 
 
 def _tokenizer_cfg(args: argparse.Namespace):
@@ -346,6 +347,7 @@ def _run_infill(args: argparse.Namespace) -> int:
 
 def _add_sample(p: argparse.ArgumentParser) -> None:
     _add_common_generation(p)
+    p.set_defaults(model=DEFAULT_VAE)
     p.add_argument("--num", type=int, default=8)
     p.add_argument("--bars", type=int, default=8)
     # token VAEs sample their decoder at 1.0; the grid VAE decodes each cell's most likely class
@@ -362,6 +364,7 @@ def _add_interpolate(p: argparse.ArgumentParser) -> None:
         help="interpolate the first BARS bars, segment by segment (within the shorter piece)",
     )  # fmt: skip
     _add_common_generation(p)
+    p.set_defaults(model=DEFAULT_VAE)
     p.set_defaults(temperature=0.0)  # greedy: each step shows its latent point, not sampling noise
 
 
@@ -370,6 +373,7 @@ def _add_vary(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amount", type=float, default=0.3)
     p.add_argument("--num", type=int, default=4)
     _add_common_generation(p)
+    p.set_defaults(model=DEFAULT_VAE)
     p.set_defaults(temperature=0.0)  # greedy: variations come from the latent perturbation
 
 

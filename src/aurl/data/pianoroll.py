@@ -168,3 +168,24 @@ def note_f1(ref: set, hyp: set) -> float:
     if not ref and not hyp:
         return 1.0
     return 2 * len(ref & hyp) / (len(ref) + len(hyp))
+
+
+# the grid VAE's segments (model.vae.grid_*)
+
+
+def roll_spec(v) -> RollSpec:
+    """The grid of a :class:`~aurl.config.VAEConfig` (``bars_per_segment``, ``grid_*``)."""
+    return RollSpec(
+        v.bars_per_segment, v.beats_per_bar, v.grid_steps_per_beat, v.grid_pitch_low,
+        v.grid_pitch_high,
+    )  # fmt: skip
+
+
+def piece_notes(tokenizer, ids, steps_per_beat: int) -> np.ndarray:
+    """A token sequence's notes on the roll grid: (N, 3) ``(onset, end, pitch)``."""
+    return score_notes(tokenizer.decode(np.asarray(ids)), steps_per_beat)
+
+
+def rolls_to_notes(cells, spec: RollSpec) -> list[np.ndarray]:
+    """Decoded cell classes (B, T, P) -> one (N, 3) note array per row."""
+    return [from_roll(row, spec) for row in cells.cpu().numpy()]

@@ -176,7 +176,7 @@ def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
 def roll_segments(model: GridVAE, tok, ids, max_segments: int = 0) -> list[np.ndarray]:
     """The first ``max_segments`` (0 = all) non-overlapping segments of a token sequence as the
     grid VAE sees them: notes ``(onset, end, pitch)`` on its grid, relative to each segment."""
-    from aurl.training.grid_data import piece_notes, roll_spec
+    from aurl.data.pianoroll import piece_notes, roll_spec
 
     spec = roll_spec(model.cfg.vae)
     notes = piece_notes(tok, ids, spec.steps_per_beat)
@@ -186,7 +186,7 @@ def roll_segments(model: GridVAE, tok, ids, max_segments: int = 0) -> list[np.nd
 
 
 def _encode_rolls(model: GridVAE, tok, ids, max_segments: int) -> Latents:
-    from aurl.training.grid_data import roll_spec
+    from aurl.data.pianoroll import roll_spec
 
     segs = roll_segments(model, tok, ids, max_segments)
     if not segs:
@@ -206,7 +206,7 @@ def decode_grid(
     every cell is drawn on its own (row ``i`` with seed ``seed + i``), which adds scattered notes:
     variety is better drawn from the latents (``aurl sample`` decodes the grid at temperature 0
     unless told otherwise)."""
-    from aurl.training.grid_data import roll_spec, rolls_to_notes
+    from aurl.data.pianoroll import roll_spec, rolls_to_notes
 
     spec = roll_spec(model.cfg.vae)
     vocab = C.Vocab.from_tokenizer(tok)

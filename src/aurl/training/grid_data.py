@@ -20,21 +20,10 @@ from torch.utils.data import Dataset
 
 from aurl.config import VAEConfig
 from aurl.data import pianoroll as roll_io
+from aurl.data.pianoroll import piece_notes, roll_spec, rolls_to_notes
 from aurl.models.latent_space import Latents, gaussian_kl
 
 log = logging.getLogger(__name__)
-
-
-def roll_spec(v: VAEConfig) -> roll_io.RollSpec:
-    return roll_io.RollSpec(
-        v.bars_per_segment, v.beats_per_bar, v.grid_steps_per_beat, v.grid_pitch_low,
-        v.grid_pitch_high,
-    )  # fmt: skip
-
-
-def piece_notes(tokenizer, ids, steps_per_beat: int) -> np.ndarray:
-    """A token sequence's notes on the roll grid: (N, 3) ``(onset, end, pitch)``."""
-    return roll_io.score_notes(tokenizer.decode(np.asarray(ids)), steps_per_beat)
 
 
 class RollDataset(Dataset):
@@ -91,11 +80,6 @@ class RollDataset(Dataset):
             shift = int(np.random.default_rng((self.seed, i, 1)).integers(lo, hi + 1))
         roll = roll_io.to_roll(notes, self.spec, shift)
         return {"roll": torch.from_numpy(roll), "notes": torch.tensor(len(notes))}
-
-
-def rolls_to_notes(cells: Tensor, spec: roll_io.RollSpec) -> list[np.ndarray]:
-    """Decoded cell classes (B, T, P) -> one (N, 3) note array per row."""
-    return [roll_io.from_roll(row, spec) for row in cells.cpu().numpy()]
 
 
 @torch.no_grad()

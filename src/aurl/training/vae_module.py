@@ -410,8 +410,7 @@ class VAEModule(pl.LightningModule):
 
     def _grid_sample_ids(self, z: Latents, generator: torch.Generator) -> list[int]:
         from aurl.data import dataset
-        from aurl.data.pianoroll import notes_to_score
-        from aurl.training.grid_data import roll_spec, rolls_to_notes
+        from aurl.data.pianoroll import notes_to_score, roll_spec, rolls_to_notes
 
         if self._tokenizer is None:
             self._tokenizer = dataset.PreparedData(self.cfg.data.path).tokenizer
