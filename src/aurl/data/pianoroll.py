@@ -12,7 +12,7 @@ become one note, as they do in MIDI.
 
 Notes are int arrays ``(N, 3)`` of ``(onset step, end step, pitch)`` on the roll's grid. Bach
 chorales at 4 steps per beat (16th notes): 47 of 124,560 onsets of the prepared corpus are off
-that grid (``scripts`` in BENCHMARKS.md, issue 13), so 16ths lose almost nothing.
+that grid (``benchmarks/bench_grid_resolution.py``), so 16ths lose almost nothing.
 
 Why our own code: MidiTok and symusic have piano-roll exports (``Score.pianoroll``), but not the
 onset/hold classes per cell nor the way back from predicted classes to notes; both are a few
