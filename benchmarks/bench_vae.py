@@ -24,7 +24,7 @@ and the ``--samples`` prior pieces (``--sample-bars`` bars each, what ``aurl sam
 MIDI through the evaluation suite against the test split (``aurl evaluate --samples``). The load
 average is recorded beside every timing: the CPU cores are shared.
 Writes ``benchmarks/results/vae.json`` and ``vae.md``; the GAN's loss curves go to
-``benchmarks/results/vae_gan_losses.png``.
+``benchmarks/results/vae_gan_losses.png`` (with ``--out X.json``: ``X_losses.png``).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def latent_checks(
     bundle, test: list[np.ndarray], ref: dict, pairs: int, steps: int, amounts: list[float]
 ) -> dict:
     """Interpolation monotonicity over ``pairs`` test pairs and ``vary`` distance by amount."""
-    from aurl.generation.latent import decode_rows, encode_ids
+    from aurl.generation.latent import decode_rows, encode_ids, variation_rows
 
     model, tok = bundle.model, bundle.tokenizer
     t0 = time.perf_counter()
@@ -158,17 +158,18 @@ def latent_checks(
     vary = []
     sources = test[: max(1, min(5, len(test)))]
     for amount in amounts:
-        f1s, identical = [], 0
+        f1s, identical, draws = [], 0, 0
         for j, piece in enumerate(sources):
             z = encode_ids(model, tok, piece)
-            gen = torch.Generator().manual_seed(j)
-            rows = decode_rows(bundle, model.vary(z, amount, 4, gen), 0.0, 1.0, seed=j)
+            rows, n = variation_rows(bundle, z, amount, 4, seed=j)  # what `aurl vary` writes
+            draws += n
             src = first_segment(model, tok, piece)[0].tolist()
             f1s += [note_f1(tok, src, r) for r in rows]
             identical += len(rows) - len({tuple(r) for r in rows})
-        vary.append(
-            {"amount": amount, "mean_f1_to_source": float(np.mean(f1s)), "identical": identical}
-        )
+        vary.append({
+            "amount": amount, "mean_f1_to_source": float(np.mean(f1s)), "identical": identical,
+            "latent_draws": draws, "variations": len(f1s),
+        })  # fmt: skip
     means = [v["mean_f1_to_source"] for v in vary]
     return {
         "interpolation_pairs": per_pair,
@@ -250,7 +251,7 @@ def run_mode(
     overrides: list[str],
     work: Path,
     samples: int,
-    results: Path,
+    results: Path,  # the --out JSON: the GAN's loss curves go beside it
     skip_train: bool = False,
     config: Path = ROOT / "configs" / "bach_vae.yaml",
     pairs: int = 10,
@@ -354,7 +355,9 @@ def run_mode(
         },
     }
     if (run_dir / "gan_losses.png").is_file():
-        dest = results / "vae_gan_losses.png"
+        # issue 4's name for the default --out vae.json, else beside --out: X_losses.png
+        name = "vae_gan_losses.png" if results.stem == "vae" else f"{results.stem}_losses.png"
+        dest = results.with_name(name)
         shutil.copyfile(run_dir / "gan_losses.png", dest)
         result["gan_losses_png"] = str(dest)
     return result
@@ -491,7 +494,7 @@ def main() -> None:
             overrides,
             args.work,
             args.samples,
-            args.out.parent,
+            args.out,
             skip_train=args.skip_train,
             config=args.config,
             pairs=args.pairs,

@@ -533,11 +533,9 @@ def vary(
     """``num`` variations: the input's first segment, perturbed by ``amount`` x prior std."""
     if num <= 0:
         raise ValueError(f"--num={num} must be > 0")
-    model = _vae(bundle)
     t0 = time.perf_counter()
     z = encode_file(bundle, input)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    rows = decode_rows(bundle, model.vary(z, amount, num, gen), temperature, top_p, seed)
+    rows, draws = variation_rows(bundle, z, amount, num, seed, temperature, top_p)
     settings = {
         "input": str(input),
         "amount": amount,
@@ -545,8 +543,59 @@ def vary(
         "seed": seed,
         "temperature": temperature,
         "wav": wav,
+        "latent_draws": draws,
     }
     return _write(bundle, rows, Path(out), "vary", [seed] * len(rows), settings, t0)
+
+
+VARY_ROUNDS = 16  # grid decoder: rounds of ``num`` fresh perturbations before repeats are kept
+
+
+def variation_rows(
+    bundle,
+    z: Latents,
+    amount: float,
+    num: int,
+    seed: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    rounds: int | None = None,
+) -> tuple[list[list[int]], int]:
+    """``num`` distinct decoded variations of ``z``'s first segment, and the latent draws used.
+
+    Each draw is z + ``amount`` x prior std x N(0, I) (:meth:`LatentLadder.vary`). A greedy
+    decode maps a small neighbourhood of z to the same music: at small amounts some draws decode
+    to the input's own reconstruction or to an earlier variation. Those are redrawn, ``num`` draws
+    a round, up to ``rounds`` rounds, so the variations differ from the input and from each other
+    whenever the amount reaches past that neighbourhood; what is left after the last round is
+    filled with the last draws' decodes (repeats then show in the summary's warning). ``rounds``
+    defaults to 16 for the grid decoder (one forward pass a round) and 2 for the token decoders
+    (each round a full autoregressive decode).
+    """
+    model = _vae(bundle)
+    if rounds is None:
+        rounds = VARY_ROUNDS if isinstance(model, GridVAE) else 2
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    seen = {tuple(decode_rows(bundle, Latents(z.z_g[:1], _first(z.z_b)), 0.0, 1.0, seed)[0])}
+    rows: list[list[int]] = []
+    spare: list[list[int]] = []
+    draws = 0
+    for r in range(rounds):
+        batch = decode_rows(bundle, model.vary(z, amount, num, gen), temperature, top_p, seed + r)
+        draws += num
+        for row in batch:
+            if len(rows) < num and tuple(row) not in seen:
+                seen.add(tuple(row))
+                rows.append(row)
+            else:
+                spare.append(row)
+        if len(rows) == num:
+            return rows, draws
+    return rows + spare[: num - len(rows)], draws
+
+
+def _first(z_b: torch.Tensor | None) -> torch.Tensor | None:
+    return None if z_b is None else z_b[:1]
 
 
 def _common(args: argparse.Namespace) -> dict:
