@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/aurl prepare bach --out data/bach
 	$(BIN)/aurl generate --num 4 --bars 16 --out out/demo
+	$(BIN)/aurl interpolate tests/data/bach/bwv319.mid tests/data/bach/bwv425.mid --steps 6 --bars 8 --out out/demo_interpolate
 
 test: setup
 	$(BIN)/python -m pytest -q
