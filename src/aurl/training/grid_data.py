@@ -11,7 +11,6 @@ the grid VAE trains on exactly the music the token models see.
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
@@ -142,17 +141,9 @@ def grid_metrics(model, prepared_data, split: str = "test", *, batch_size: int =
                 f1s.append(roll_io.note_f1(ref, got))
     finally:
         model.train(was)
+    from aurl.training.vae_metrics import latent_figures
+
     n = len(ds)
-    kl_total = kl_g + kl_b
-
-    def active(mus: list[Tensor], variances: list[Tensor] | None = None) -> int:
-        m = torch.cat(mus)
-        if len(m) < 2:
-            return 0
-        floor = torch.cat(variances).mean(0) if variances is not None else 0.01
-        return int((m.var(0) > floor).sum())
-
-    bits = nll / math.log(2)
     f1 = float(np.mean(f1s)) if f1s else 0.0
     return {
         "split": split,
@@ -163,21 +154,7 @@ def grid_metrics(model, prepared_data, split: str = "test", *, batch_size: int =
         "greedy_segments": n,
         "recon_nll_per_segment": nll / max(n, 1),
         "z_usage_nats_per_segment": swap / max(n, 1),
-        "bits_per_note": bits / max(notes_total, 1),
-        "elbo_bits_per_note": (bits + kl_total / math.log(2)) / max(notes_total, 1),
-        "kl_global": kl_g / max(n, 1),
-        "kl_bar": kl_b / max(n, 1),
-        "active_units_global": active(mus_g),
-        "active_units_bar": active(mus_b),
-        "active_units_vs_noise_global": active(mus_g, vars_g),
-        "active_units_vs_noise_bar": active(mus_b, vars_b),
-        "kl_per_segment": {
-            "global": kl_g / max(n, 1),
-            "bar": kl_b / max(n, 1),
-            "total": kl_total / max(n, 1),
-        },
-        "decoder": v.decoder,
-        "latent_dims": {"global": v.latent_dim, "bar": v.bar_latent_dim},
+        **latent_figures(v, n, nll, notes_total, kl_g, kl_b, (mus_g, vars_g), (mus_b, vars_b)),
         "grid": {
             "steps_per_beat": v.grid_steps_per_beat,
             "pitches": [v.grid_pitch_low, v.grid_pitch_high - 1],

@@ -135,19 +135,6 @@ def vae_metrics(
     finally:
         model.train(was)
 
-    def active(mus: list[Tensor]) -> int:
-        if not mus:
-            return 0
-        m = torch.cat(mus)
-        return int((m.var(0) > 0.01).sum()) if len(m) > 1 else 0
-
-    def active_vs_noise(mus: list[Tensor], variances: list[Tensor]) -> int:
-        if not mus or len(torch.cat(mus)) < 2:
-            return 0
-        return int((torch.cat(mus).var(0) > torch.cat(variances).mean(0)).sum())
-
-    bits = nll / math.log(2)
-    kl_total = kl_g + kl_b
     f1 = sum(f1s) / max(len(f1s), 1)
     return {
         "split": split,
@@ -161,19 +148,37 @@ def vae_metrics(
         "greedy_segments": min(n, greedy_segments),
         "recon_nll_per_token": nll / max(count, 1.0),
         "z_usage_nats_per_segment": swap_gap / max(swap_segments, 1),
+        **latent_figures(cfg.vae, n, nll, notes, kl_g, kl_b, (mus_g, vars_g), (mus_b, vars_b)),
+    }
+
+
+def active_units(mus: list[Tensor], variances: list[Tensor] | None = None) -> int:
+    """Dimensions whose posterior mean varies over the split by more than 0.01 (Burda et al.
+    2016), or with ``variances`` by more than the posterior's own mean variance."""
+    if not mus or len(torch.cat(mus)) < 2:
+        return 0
+    m = torch.cat(mus)
+    floor = torch.cat(variances).mean(0) if variances is not None else 0.01
+    return int((m.var(0) > floor).sum())
+
+
+def latent_figures(
+    vcfg, segments: int, nll: float, notes: float, kl_g: float, kl_b: float, glob, bar
+) -> dict:
+    """The figures every VAE reports from split totals (nats) and per-segment (mus, variances)
+    of each latent group: bits per note, KL per group, active units (both ways)."""
+    n = max(segments, 1)
+    bits, kl_total = nll / math.log(2), kl_g + kl_b
+    return {
         "bits_per_note": bits / max(notes, 1.0),
         "elbo_bits_per_note": (bits + kl_total / math.log(2)) / max(notes, 1.0),
-        "kl_global": kl_g / max(n, 1),
-        "kl_bar": kl_b / max(n, 1),
-        "active_units_global": active(mus_g),
-        "active_units_bar": active(mus_b),
-        "active_units_vs_noise_global": active_vs_noise(mus_g, vars_g),
-        "active_units_vs_noise_bar": active_vs_noise(mus_b, vars_b),
-        "kl_per_segment": {
-            "global": kl_g / max(n, 1),
-            "bar": kl_b / max(n, 1),
-            "total": kl_total / max(n, 1),
-        },
-        "decoder": cfg.vae.decoder,
-        "latent_dims": {"global": cfg.vae.latent_dim, "bar": cfg.vae.bar_latent_dim},
+        "kl_global": kl_g / n,
+        "kl_bar": kl_b / n,
+        "active_units_global": active_units(glob[0]),
+        "active_units_bar": active_units(bar[0]),
+        "active_units_vs_noise_global": active_units(*glob),
+        "active_units_vs_noise_bar": active_units(*bar),
+        "kl_per_segment": {"global": kl_g / n, "bar": kl_b / n, "total": kl_total / n},
+        "decoder": vcfg.decoder,
+        "latent_dims": {"global": vcfg.latent_dim, "bar": vcfg.bar_latent_dim},
     }
