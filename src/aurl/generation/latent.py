@@ -293,7 +293,14 @@ def decode_rows(
         filters=filters, constraints=cons, seeds=[seed + i for i in range(num)],
     )  # fmt: skip
     special = {tok.bos_id, tok.eos_id, tok.pad_id}
-    return [[i for i in C.finish([tok.bos_id, *row], vocab) if i not in special] for row in rows]
+    # A row cut by the token budget before its last bar line is closed by C.finish, then padded
+    # with time shifts to the segment's length, so segments still join on the bar grid.
+    return [
+        pad_time(
+            tok, vocab, [i for i in C.finish([tok.bos_id, *row], vocab) if i not in special], beats
+        )
+        for row in rows
+    ]
 
 
 @torch.no_grad()
