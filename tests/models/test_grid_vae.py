@@ -68,3 +68,28 @@ def test_two_segments_are_told_apart_only_through_z():
     assert torch.equal(model.decode_cells(z), rolls)
     swapped = type(z)(z.z_g.flip(0), z.z_b.flip(0))
     assert torch.equal(model.decode_cells(swapped), rolls.flip(0))  # the latents hold the music
+
+
+def test_the_fitted_sampler_draws_from_the_training_posteriors_not_the_prior():
+    from aurl.models.vae import Latents
+
+    torch.manual_seed(0)
+    model = build_vae(_cfg())  # global 8, bars 2 x 8
+    gen = torch.Generator().manual_seed(0)
+    # "training posteriors": far from the prior (mean 3) and with the bars tied to the global
+    z_g = 3.0 + 0.5 * torch.randn(4000, 8, generator=gen)
+    z_b = (z_g[:, None, :] * 0.8 + 0.1 * torch.randn(4000, 2, 8, generator=gen)).contiguous()
+    prior = model.sample_latents(2000, torch.Generator().manual_seed(1))
+    assert abs(float(prior.z_g.mean())) < 0.2
+    model.fit_sampler(Latents(z_g, z_b))
+    got = model.sample_latents(4000, torch.Generator().manual_seed(1))
+    assert got.z_g.shape == (4000, 8) and got.z_b.shape == (4000, 2, 8)
+    torch.testing.assert_close(got.z_g.mean(0), torch.full((8,), 3.0), atol=0.05, rtol=0)
+    torch.testing.assert_close(got.z_g.std(0), torch.full((8,), 0.5), atol=0.05, rtol=0)
+    # the bars follow their global latent (the linear-Gaussian conditional), per row
+    fixed = torch.full((500, 8), 2.0)
+    bars = model.bar_latents(fixed, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(bars.mean(0), torch.full((2, 8), 1.6), atol=0.03, rtol=0)
+    assert float(bars.std(0).mean()) == pytest.approx(0.1, abs=0.02)
+    with pytest.raises(ValueError, match="more than"):
+        model.fit_sampler(Latents(z_g[:10], z_b[:10]))

@@ -476,9 +476,7 @@ def sample_rows(
         if segs > 1 and z.z_b is not None:
             # one global latent for the whole piece, fresh bar latents per segment
             z_g = z.z_g.expand(segs, -1)
-            mu, logvar = model.bar_prior_params(z_g)
-            eps = torch.randn(mu.shape, generator=gen, device=mu.device)
-            z = Latents(z_g, mu + eps * (0.5 * logvar).exp())
+            z = Latents(z_g, model.bar_latents(z_g, gen))
         elif segs > 1:
             z = Latents(z.z_g.expand(segs, -1))
         parts = decode_rows(bundle, z, temperature, top_p, seed + i)

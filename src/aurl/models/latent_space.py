@@ -204,9 +204,16 @@ class LatentLadder(nn.Module):
         z_g = self.prior.sample(num, generator).to(self.device)
         if not self.num_bars:
             return Latents(z_g)
+        return Latents(z_g, self.bar_latents(z_g, generator))
+
+    @torch.no_grad()
+    def bar_latents(
+        self, z_g: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Fresh bar latents (B, K, E) drawn given the global latents (the conditional prior)."""
         mu, logvar = self.bar_prior_params(z_g)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device)
-        return Latents(z_g, mu + eps * (0.5 * logvar).exp())
+        return mu + eps * (0.5 * logvar).exp()
 
     @staticmethod
     def interpolate(za: Latents, zb: Latents, steps: int) -> Latents:
