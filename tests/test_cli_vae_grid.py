@@ -176,3 +176,28 @@ def test_vae_gan_on_the_grid_updates_both_players_on_roll_rows(trained):
         not torch.equal(v, d_before[k]) for k, v in module.discriminator.state_dict().items()
     )
     assert not torch.equal(head_before, module.model.head.weight)
+
+
+def test_export_fits_the_sampler_and_the_bundle_keeps_it(trained, tmp_path):
+    """A bundle written with a fitted sampler loads it back; `aurl sample` then draws from it."""
+    from aurl.bundle import SAMPLER_FILE, load_bundle, save_bundle
+    from aurl.training.grid_data import posterior_means
+
+    bundle = load_bundle(trained[0])
+    model = bundle.model
+    assert model.sampler is None and not (trained[0] / SAMPLER_FILE).exists()
+    means = posterior_means(model, _Prepared(bundle.tokenizer, trained[1] * 8), "train")
+    model.fit_sampler(means)
+    out = save_bundle(tmp_path / "b", model, bundle.config, bundle.tokenizer)
+    again = load_bundle(out)
+    for key, value in model.sampler.items():
+        torch.testing.assert_close(again.model.sampler[key], value)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    z = again.model.sample_latents(3, gen())
+    torch.testing.assert_close(z.z_g, model.sample_latents(3, gen()).z_g)
+    rc = cli.main(["sample", "--model", str(out), "--out", str(tmp_path / "s"), "--num", "2",
+                   "--bars", "4", "--no-wav"])  # fmt: skip
+    assert rc == 0 and (tmp_path / "s" / "piece_01.mid").is_file()
+    model.sampler = None  # a re-export without one leaves no stale file behind
+    save_bundle(out, model, bundle.config, bundle.tokenizer)
+    assert not (out / SAMPLER_FILE).exists() and load_bundle(out).model.sampler is None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from aurl.atomic import atomic_path
@@ -28,6 +28,7 @@ WEIGHTS_FILE = "model.safetensors"
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 CONFIG_FILE = "config.yaml"
 CARD_FILE = "MODEL_CARD.md"
+SAMPLER_FILE = "sampler.safetensors"  # a grid VAE's fitted sampling distribution (optional)
 TOKENIZER_FILE = "tokenizer.json"
 ONNX_DECODE_FILE = "decode.onnx"
 """Marks an ONNX export (``aurl export --format onnx``): loaded with onnxruntime, not torch."""
@@ -94,6 +95,12 @@ def save_bundle(
             else copy.deepcopy(model).to(WEIGHT_DTYPES[weights_dtype])
         )
         save_model(stored, str(tmp))
+    sampler = getattr(model, "sampler", None)
+    if sampler:
+        with atomic_path(out / SAMPLER_FILE) as tmp:
+            save_file({k: v.contiguous() for k, v in sampler.items()}, str(tmp))
+    else:
+        (out / SAMPLER_FILE).unlink(missing_ok=True)  # not a stale one from an earlier export
     save_config(cfg, out / CONFIG_FILE)
     tokenizer.save(out)
     if card is not None:
@@ -164,6 +171,8 @@ def _load_dir(directory: Path, device: str | torch.device) -> Bundle:
             f"{directory / WEIGHTS_FILE}: weights do not fit the config "
             f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
         )
+    if (directory / SAMPLER_FILE).is_file() and hasattr(model, "sampler"):
+        model.sampler = load_file(str(directory / SAMPLER_FILE))
     model.to(device).eval()
     return Bundle(model=model, tokenizer=tokenizer, config=cfg, path=directory)
 

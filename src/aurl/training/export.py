@@ -103,7 +103,8 @@ def export_run(
     bundle = load_checkpoint_model(ckpt)
     from aurl.models import num_parameters
 
-    card = model_card(bundle.config, ckpt, {"parameters": f"{num_parameters(bundle.model):,}"})
+    extra = {"parameters": f"{num_parameters(bundle.model):,}", **fit_grid_sampler(bundle)}
+    card = model_card(bundle.config, ckpt, extra)
     return save_bundle(
         out, bundle.model, bundle.config, bundle.tokenizer, card=card, weights_dtype=weights_dtype
     )
@@ -134,8 +135,32 @@ def _export_average(run_dir: Path, out: Path, k: int, weights_dtype: str) -> Pat
         log.info(
             "val bits/note: %.4f averaged over %d vs %.4f for %s", mean, k, single, chosen[-1].name
         )
+    extra.update(fit_grid_sampler(averaged))
     card = model_card(averaged.config, chosen[-1], extra)
     return save_bundle(
         out, averaged.model, averaged.config, averaged.tokenizer, card=card,
         weights_dtype=weights_dtype,
     )  # fmt: skip
+
+
+def fit_grid_sampler(bundle) -> dict[str, str]:
+    """A grid VAE's sampling distribution, fitted to the posterior means of its training split
+    (``GridVAE.fit_sampler``); the model card's line about it. Other models: nothing to do. Without
+    the prepared data the bundle samples from the prior, with a warning."""
+    from aurl.models.grid_vae import GridVAE
+
+    if not isinstance(bundle.model, GridVAE):
+        return {}
+    from aurl.data.dataset import PreparedData
+    from aurl.training.grid_data import posterior_means
+
+    data = bundle.config.data.path
+    try:
+        prepared = PreparedData(data)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: %s; `aurl sample` with this bundle draws from the prior", data, exc)
+        return {"sampler": "the prior (no training data at export)"}
+    bundle.model.fit_sampler(posterior_means(bundle.model, prepared, "train"))
+    n = int(bundle.model.sampler["segments"])
+    log.info("sampler fitted to the posterior means of %d training segments", n)
+    return {"sampler": f"Gaussian fitted to the posterior means of {n:,} training segments"}

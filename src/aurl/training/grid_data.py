@@ -162,6 +162,30 @@ def grid_metrics(model, prepared_data, split: str = "test", *, batch_size: int =
     }
 
 
+@torch.no_grad()
+def posterior_means(model, prepared_data, split: str = "train", batch_size: int = 256) -> Latents:
+    """Posterior means of a split's segments (every ``segment_stride_bars``, no augmentation)."""
+    v = model.cfg.vae
+    from aurl.training.vae_module import _split_pieces
+
+    ds = RollDataset(
+        _split_pieces(prepared_data, split), prepared_data.tokenizer, v,
+        stride_bars=v.segment_stride_bars, shuffle=False,
+    )  # fmt: skip
+    was = model.training
+    model.eval()
+    parts = []
+    try:
+        for start in range(0, len(ds), batch_size):
+            roll = torch.stack(
+                [ds[i]["roll"] for i in range(start, min(len(ds), start + batch_size))]
+            )
+            parts.append(model.posterior_mean(model.encode(roll.to(model.device))))
+    finally:
+        model.train(was)
+    return Latents(torch.cat([p.z_g for p in parts]), torch.cat([p.z_b for p in parts]))
+
+
 def _fine_segments(pieces, tok, v: VAEConfig, fine: int) -> list[set[tuple[int, int]]]:
     """The same segments as :class:`RollDataset` (shuffle off), as (onset, pitch) sets at
     ``fine`` steps per beat: the reference a reconstruction is scored against."""
