@@ -51,6 +51,7 @@ def test_the_shipped_vae_loads_within_budget_with_its_card():
     assert weights.stat().st_size <= 20 * 1024 * 1024
     bundle = load_bundle(DEFAULT_VAE)
     assert isinstance(bundle.model, GridVAE) and bundle.config.model.mode == "vae"
+    assert bundle.model.sampler is not None  # aurl sample draws from the fitted posteriors
     card = (DEFAULT_VAE / "MODEL_CARD.md").read_text()
     assert "recon_note_f1" in card and "Reproduce" in card
 
