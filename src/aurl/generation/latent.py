@@ -18,9 +18,7 @@ With the conductor decoder (``model.vae.decoder=conductor``) a segment is decode
 context is reset at every bar line and the bar's own latent prefix is put in front.
 
 With the grid decoder (``model.vae.decoder=grid``, ``models/grid_vae.py``) segments are piano
-rolls: files are encoded from their notes on the roll's grid, and a decoded roll becomes notes,
-then tokens of the bundle's tokenizer, padded with time shifts to the segment's length so that
-segments join on the bar grid like the token decoders' segments.
+rolls, encoded and decoded by ``generation/grid.py``.
 """
 
 from __future__ import annotations
@@ -36,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aurl.data import pianoroll as roll_io
 from aurl.generation import constraints as C
 from aurl.generation import sample as decoding
 from aurl.generation.export import export_piece
+from aurl.generation.grid import decode_grid, encode_rolls, pad_time
 from aurl.generation.pipeline import Piece, Summary, load_model, write_samples_json
 from aurl.models.grid_vae import GridVAE
 from aurl.models.vae import Latents, MusicVAE, cut_segments, pack_segment
@@ -108,7 +106,7 @@ def encode_segments(model: MusicVAE, tok, ids: np.ndarray, max_segments: int) ->
         raise ValueError(f"max_segments={max_segments} must be > 0")
     v = model.cfg.vae
     if isinstance(model, GridVAE):
-        return _encode_rolls(model, tok, ids, max_segments)
+        return encode_rolls(model, tok, ids, max_segments)
     beats = np.asarray(tok.token_beats(ids), dtype=np.float64)
     special = {tok.bos_id, tok.eos_id, tok.pad_id}
     segments = cut_segments(
@@ -159,7 +157,7 @@ def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
     """Posterior mean of the first segment of a token sequence (a whole piece is fine)."""
     v = model.cfg.vae
     if isinstance(model, GridVAE):
-        return _encode_rolls(model, tok, ids, 1)
+        return encode_rolls(model, tok, ids, 1)
     seg, bars = first_segment(model, tok, ids)
     length = min(model.cfg.max_seq_len, len(seg) + 2)
     tokens, bar_ids = pack_segment(
@@ -171,75 +169,6 @@ def encode_ids(model: MusicVAE, tok, ids: np.ndarray) -> Latents:
     with torch.no_grad():
         post = model.encode(t, t != tok.pad_id, b)
     return model.posterior_mean(post)
-
-
-def roll_segments(model: GridVAE, tok, ids, max_segments: int = 0) -> list[np.ndarray]:
-    """The first ``max_segments`` (0 = all) non-overlapping segments of a token sequence as the
-    grid VAE sees them: notes ``(onset, end, pitch)`` on its grid, relative to each segment."""
-    from aurl.data.pianoroll import piece_notes, roll_spec
-
-    spec = roll_spec(model.cfg.vae)
-    notes = piece_notes(tok, ids, spec.steps_per_beat)
-    notes = notes[(notes[:, 2] >= spec.pitch_low) & (notes[:, 2] < spec.pitch_high)]
-    segs = roll_io.cut_notes(notes, spec, spec.bars)
-    return segs[:max_segments] if max_segments > 0 else segs
-
-
-def _encode_rolls(model: GridVAE, tok, ids, max_segments: int) -> Latents:
-    from aurl.data.pianoroll import roll_spec
-
-    segs = roll_segments(model, tok, ids, max_segments)
-    if not segs:
-        raise ValueError("no notes to encode (none inside the model's pitch range)")
-    spec = roll_spec(model.cfg.vae)
-    rolls = torch.from_numpy(np.stack([roll_io.to_roll(s, spec) for s in segs]))
-    with torch.no_grad():
-        post = model.encode(rolls.to(model.device))
-    return model.posterior_mean(post)
-
-
-def decode_grid(
-    model: GridVAE, tok, latents: Latents, temperature: float, seed: int
-) -> list[list[int]]:
-    """Grid decoding: one segment per latent row (tokens without BOS/EOS), each exactly
-    ``bars_per_segment`` bars long. Temperature 0 takes each cell's most likely class; above 0
-    every cell is drawn on its own (row ``i`` with seed ``seed + i``), which adds scattered notes:
-    variety is better drawn from the latents (``aurl sample`` decodes the grid at temperature 0
-    unless told otherwise)."""
-    from aurl.data.pianoroll import roll_spec, rolls_to_notes
-
-    spec = roll_spec(model.cfg.vae)
-    vocab = C.Vocab.from_tokenizer(tok)
-    rows = []
-    for i in range(latents.z_g.shape[0]):
-        gen = torch.Generator(device="cpu").manual_seed(seed + i)
-        cells = model.decode_cells(latents.select(i), temperature, gen)
-        notes = rolls_to_notes(cells, spec)[0]
-        ids = tok.encode(roll_io.notes_to_score(notes, spec.steps_per_beat))
-        body = [t for t in ids if t not in (tok.bos_id, tok.eos_id, tok.pad_id)]
-        rows.append(pad_time(tok, vocab, body, float(spec.bars * spec.beats_per_bar)))
-    return rows
-
-
-def pad_time(tok, vocab: C.Vocab, body: list[int], beats: float) -> list[int]:
-    """``body`` followed by the time shifts that bring it to ``beats`` (largest first)."""
-    shifts = sorted(
-        ((float(vocab.beats[i]), i) for i in range(vocab.size) if vocab.types[i] == "TimeShift"),
-        reverse=True,
-    )
-    if not shifts:
-        raise ValueError(
-            f"the grid VAE writes {vocab.kind} tokens by padding with TimeShift tokens; "
-            "train it on MIDILike or TSD data"
-        )
-    now = float(tok.token_beats([tok.bos_id, *body])[-1]) if body else 0.0
-    left = beats - now
-    out = list(body)
-    for value, i in shifts:
-        while left >= value - C.TIME_EPS:
-            out.append(i)
-            left -= value
-    return out
 
 
 class PrefixedDecoder(torch.nn.Module):
