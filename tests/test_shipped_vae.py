@@ -98,3 +98,21 @@ def test_sample_without_model_writes_chorale_like_segments(tmp_path):
         notes = [n for t in symusic.Score(str(path)).tracks for n in t.notes]
         assert len(notes) >= 16  # four bars of four-part writing, not silence
         assert all(36 <= n.pitch <= 84 for n in notes)  # the chorales' range
+
+
+def test_the_shipped_vae_interpolates_over_http():
+    """`aurl serve --model models/bach_vae`: POST /v1/interpolate answers with one MIDI per step."""
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from aurl.serving.app import create_app
+
+    data = {k: base64.b64encode(p.read_bytes()).decode() for k, p in (("a", A), ("b", B))}
+    with TestClient(create_app(load_bundle(DEFAULT_VAE))) as client:
+        assert client.get("/health").json()["mode"] == "vae"
+        r = client.post("/v1/interpolate", json={**data, "steps": 4})
+        assert r.status_code == 200, r.text
+        pieces = r.json()["pieces"]
+        assert len(pieces) == 4
+        assert all(base64.b64decode(p["midi"])[:4] == b"MThd" for p in pieces)
