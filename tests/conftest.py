@@ -58,3 +58,19 @@ def tiny_run(tmp_path_factory, tiny_data) -> Path:
     if code != 0:
         pytest.fail(f"aurl train on the tiny config exited with {code}")
     return out
+
+
+class PreparedStub:
+    """The two attributes of PreparedData that the VAE metrics read: every split is ``pieces``."""
+
+    def __init__(self, tok, pieces):
+        self.tokenizer, self._pieces = tok, pieces
+
+    def split(self, name):
+        return self._pieces
+
+
+@pytest.fixture(scope="session")
+def prepared_stub() -> type[PreparedStub]:
+    """``prepared_stub(tokenizer, pieces)``: a PreparedData stand-in for VAE metric tests."""
+    return PreparedStub

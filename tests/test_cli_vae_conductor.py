@@ -27,16 +27,6 @@ from aurl.config import (
 MIDI = Path(__file__).resolve().parent / "data" / "midi"
 
 
-class _Prepared:
-    """The two attributes of PreparedData that vae_metrics reads."""
-
-    def __init__(self, tok, pieces):
-        self.tokenizer, self._pieces = tok, pieces
-
-    def split(self, name):
-        return self._pieces
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from aurl.bundle import save_bundle
@@ -103,13 +93,17 @@ def test_interpolate_and_vary_through_the_cli_with_the_conductor(trained, tmp_pa
     assert rc == 0 and (tmp_path / "v" / "piece_01.mid").is_file()
 
 
-def test_vae_metrics_report_the_keys_evaluate_promises(trained):
+def test_vae_metrics_report_the_keys_evaluate_promises(trained, prepared_stub):
     from aurl.bundle import load_bundle
     from aurl.training.vae_metrics import vae_metrics
 
     bundle = load_bundle(trained[0])
     got = vae_metrics(
-        bundle, _Prepared(bundle.tokenizer, trained[1]), "test", greedy_segments=1, max_segments=4
+        bundle,
+        prepared_stub(bundle.tokenizer, trained[1]),
+        "test",
+        greedy_segments=1,
+        max_segments=4,
     )
     assert got["decoder"] == "conductor"
     assert (

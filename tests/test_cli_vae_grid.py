@@ -27,16 +27,6 @@ from aurl.config import (
 MIDI = Path(__file__).resolve().parent / "data" / "midi"
 
 
-class _Prepared:
-    """The two attributes of PreparedData that the metrics read."""
-
-    def __init__(self, tok, pieces):
-        self.tokenizer, self._pieces = tok, pieces
-
-    def split(self, name):
-        return self._pieces
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from aurl.bundle import save_bundle
@@ -123,12 +113,12 @@ def test_interpolate_vary_and_sample_through_the_cli_with_the_grid(trained, tmp_
     assert blob["settings"]["temperature"] == 0.0  # the grid decodes its most likely cells
 
 
-def test_grid_metrics_report_the_keys_evaluate_promises(trained):
+def test_grid_metrics_report_the_keys_evaluate_promises(trained, prepared_stub):
     from aurl.bundle import load_bundle
     from aurl.training.vae_metrics import vae_metrics
 
     bundle = load_bundle(trained[0])
-    got = vae_metrics(bundle, _Prepared(bundle.tokenizer, trained[1]), "test")
+    got = vae_metrics(bundle, prepared_stub(bundle.tokenizer, trained[1]), "test")
     assert got["decoder"] == "grid" and got["segments"] > 2
     assert 0.0 <= got["recon_note_f1"] <= 1.0
     kl = got["kl_per_segment"]
@@ -178,7 +168,7 @@ def test_vae_gan_on_the_grid_updates_both_players_on_roll_rows(trained):
     assert not torch.equal(head_before, module.model.head.weight)
 
 
-def test_export_fits_the_sampler_and_the_bundle_keeps_it(trained, tmp_path):
+def test_export_fits_the_sampler_and_the_bundle_keeps_it(trained, tmp_path, prepared_stub):
     """A bundle written with a fitted sampler loads it back; `aurl sample` then draws from it."""
     from aurl.bundle import SAMPLER_FILE, load_bundle, save_bundle
     from aurl.training.grid_data import posterior_means
@@ -186,7 +176,7 @@ def test_export_fits_the_sampler_and_the_bundle_keeps_it(trained, tmp_path):
     bundle = load_bundle(trained[0])
     model = bundle.model
     assert model.sampler is None and not (trained[0] / SAMPLER_FILE).exists()
-    means = posterior_means(model, _Prepared(bundle.tokenizer, trained[1] * 8), "train")
+    means = posterior_means(model, prepared_stub(bundle.tokenizer, trained[1] * 8), "train")
     model.fit_sampler(means)
     out = save_bundle(tmp_path / "b", model, bundle.config, bundle.tokenizer)
     again = load_bundle(out)
