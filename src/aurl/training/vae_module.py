@@ -99,6 +99,26 @@ def free_bits_kl(kl: Tensor, free_bits: float) -> Tensor:
     return per_dim.clamp_min(free_bits).sum()
 
 
+def loss_terms(
+    recon: Tensor, kl_g: Tensor, kl_b: Tensor | None, per_seg: Tensor, free_bits: float
+) -> dict[str, Tensor]:
+    """The named terms of both VAEs: ``recon`` per unit (token or note), KL per latent dimension
+    (B, D) and (B, K, E) or None, ``per_seg`` units per segment (the KL's scale to per unit)."""
+    g = kl_g.sum(-1).mean()  # nats per segment
+    b = kl_b.sum((1, 2)).mean() if kl_b is not None else torch.zeros_like(g)
+    fb = free_bits_kl(kl_g, free_bits)
+    if kl_b is not None:
+        fb = fb + free_bits_kl(kl_b, free_bits)
+    return {
+        "recon": recon,
+        "kl": g + b,
+        "kl_global": g,
+        "kl_bar": b,
+        "kl_penalized": fb / per_seg,
+        "elbo_loss": recon + (g + b) / per_seg,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # segments cut on bar lines
 
@@ -264,19 +284,7 @@ class VAEModule(pl.LightningModule):
         self.last_batch_tokens = int((tokens != 0).sum())
         out = self.model(tokens, tokens != 0, bar_ids)
         per_seg = (tokens[:, 1:] != 0).sum(1).float().mean().clamp_min(1.0)
-        kl_g = out.kl_g.sum(-1).mean()  # nats per segment
-        kl_b = out.kl_b.sum((1, 2)).mean() if out.kl_b is not None else torch.zeros_like(kl_g)
-        fb = free_bits_kl(out.kl_g, self.vcfg.free_bits)
-        if out.kl_b is not None:
-            fb = fb + free_bits_kl(out.kl_b, self.vcfg.free_bits)
-        terms = {
-            "recon": out.recon,
-            "kl": kl_g + kl_b,
-            "kl_global": kl_g,
-            "kl_bar": kl_b,
-            "kl_penalized": fb / per_seg,
-            "elbo_loss": out.recon + (kl_g + kl_b) / per_seg,
-        }
+        terms = loss_terms(out.recon, out.kl_g, out.kl_b, per_seg, self.vcfg.free_bits)
         if out.bow is not None:
             terms["bow"] = out.bow
         return out, terms
@@ -288,20 +296,9 @@ class VAEModule(pl.LightningModule):
         self.last_batch_tokens = int(notes.sum())
         out = self.model(roll)
         per_seg = notes.mean().clamp_min(1.0)
-        kl_g, kl_b = out.kl_g.sum(-1).mean(), out.kl_b.sum((1, 2)).mean()
-        fb = free_bits_kl(out.kl_g, self.vcfg.free_bits) + free_bits_kl(
-            out.kl_b, self.vcfg.free_bits
+        return out, loss_terms(
+            out.recon / per_seg, out.kl_g, out.kl_b, per_seg, self.vcfg.free_bits
         )
-        recon = out.recon / per_seg
-        terms = {
-            "recon": recon,
-            "kl": kl_g + kl_b,
-            "kl_global": kl_g,
-            "kl_bar": kl_b,
-            "kl_penalized": fb / per_seg,
-            "elbo_loss": recon + (kl_g + kl_b) / per_seg,
-        }
-        return out, terms
 
     def _log_terms(self, prefix: str, terms: dict[str, Tensor], **kw) -> None:
         for name, value in terms.items():
