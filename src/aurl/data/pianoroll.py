@@ -67,6 +67,11 @@ def score_notes(score, steps_per_beat: int) -> np.ndarray:
     return notes[np.lexsort((notes[:, 2], notes[:, 0]))]
 
 
+def inside(notes: np.ndarray, spec: RollSpec) -> np.ndarray:
+    """(N,) bool: the notes whose pitch lies in the roll's range."""
+    return (notes[:, 2] >= spec.pitch_low) & (notes[:, 2] < spec.pitch_high)
+
+
 def window_starts(notes: np.ndarray, spec: RollSpec, stride_bars: int) -> list[int]:
     """First bars of the windows :func:`cut_notes` makes: every ``stride_bars`` bars, skipping
     windows without a note onset."""

@@ -23,7 +23,7 @@ def roll_segments(model: GridVAE, tok, ids, max_segments: int = 0) -> list[np.nd
     grid VAE sees them: notes ``(onset, end, pitch)`` on its grid, relative to each segment."""
     spec = roll_spec(model.cfg.vae)
     notes = piece_notes(tok, ids, spec.steps_per_beat)
-    notes = notes[(notes[:, 2] >= spec.pitch_low) & (notes[:, 2] < spec.pitch_high)]
+    notes = notes[roll_io.inside(notes, spec)]
     segs = roll_io.cut_notes(notes, spec, spec.bars)
     return segs[:max_segments] if max_segments > 0 else segs
 

@@ -50,7 +50,7 @@ class RollDataset(Dataset):
         for ids in pieces:
             notes = piece_notes(tokenizer, ids, self.spec.steps_per_beat)
             total += len(notes)
-            inside = (notes[:, 2] >= self.spec.pitch_low) & (notes[:, 2] < self.spec.pitch_high)
+            inside = roll_io.inside(notes, self.spec)
             dropped += int((~inside).sum())
             self.segments.extend(roll_io.cut_notes(notes[inside], self.spec, stride))
         if not self.segments:
@@ -196,12 +196,9 @@ def _fine_segments(pieces, tok, v: VAEConfig, fine: int) -> list[set[tuple[int, 
     out = []
     for ids in pieces:
         score = tok.decode(np.asarray(ids))
-        coarse, notes = (
-            roll_io.score_notes(score, spec.steps_per_beat),
-            roll_io.score_notes(score, fine),
-        )
-        coarse = coarse[(coarse[:, 2] >= spec.pitch_low) & (coarse[:, 2] < spec.pitch_high)]
-        notes = notes[(notes[:, 2] >= spec.pitch_low) & (notes[:, 2] < spec.pitch_high)]
+        coarse = roll_io.score_notes(score, spec.steps_per_beat)
+        notes = roll_io.score_notes(score, fine)
+        coarse, notes = coarse[roll_io.inside(coarse, spec)], notes[roll_io.inside(notes, spec)]
         starts = roll_io.window_starts(coarse, spec, spec.bars)  # the windows RollDataset cuts
         out.extend(roll_io.note_set(s) for s in roll_io.cut_notes(notes, fine_spec, 0, starts))
     return out
