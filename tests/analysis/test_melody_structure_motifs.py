@@ -16,7 +16,9 @@ from aurl.analysis.melody import (
     context_features,
     extract_melody,
     melody_notes,
+    melody_probability,
     skyline,
+    stage_probabilities,
 )
 from aurl.analysis.melody import default_model as default_melody_model
 from aurl.analysis.motifs import MotifConfig, find_motifs
@@ -87,6 +89,25 @@ def test_melody_over_accompaniment_beats_the_skyline():
     ours, sky = f1(extract_melody(notes=notes)), f1(skyline(notes))
     assert ours >= 0.8  # measured 0.87 with the shipped model; the skyline 0.61
     assert ours > sky + 0.2
+
+
+def test_sequence_network_rescores_the_stacked_scorer():
+    acc, melody = aaba()
+    notes = score_notes(make_score(acc + melody))
+    truth = {(round(s * 0.5, 3), p) for s, _, p, _ in melody}
+    is_mel = np.array(
+        [
+            (round(float(t), 3), int(p)) in truth
+            for t, p in zip(notes.onset, notes.pitch, strict=True)
+        ]
+    )
+    stacked = stage_probabilities(notes, default_melody_model())[-1]
+    # a model passed in is used alone (that is how the fit scripts score candidates)
+    np.testing.assert_allclose(melody_probability(notes, default_melody_model()), stacked)
+    final = melody_probability(notes)  # the shipped models: stacked, then the sequence network
+    assert final.shape == stacked.shape and ((final > 0) & (final < 1)).all()
+    assert not np.allclose(final, stacked)
+    assert final[is_mel].mean() > final[~is_mel].mean() + 0.3
 
 
 def test_melody_line_is_monophonic():

@@ -9,8 +9,10 @@ after, how dense it is over 2/6/12 s, the note's loudness, register and length a
 the position in the piece: a prior that intros are accompaniment would drop the first bars of a
 tune that starts at once). All stages live in
 ``data/melody_model.json``, fitted on POP909 (stages on 001-600, threshold on 601-700) with
-``benchmarks/fit_melody_model.py``. The line keeps, in each onset group, the most probable note
-when its final probability passes ``threshold``, so it is monophonic.
+``benchmarks/fit_melody_model.py``. Last, a bidirectional GRU reads the whole piece as a sequence
+of notes and re-scores each (:mod:`aurl.analysis.melody_sequence`, fitted on 001-600 with the
+stacked answer as one of its inputs). The line keeps, in each onset group, the most probable note
+when its final probability passes the threshold, so it is monophonic.
 The skyline (highest note of each onset group) is :func:`skyline`, the baseline.
 """
 
@@ -211,9 +213,14 @@ def context_features(notes: NoteArray, prob: np.ndarray) -> np.ndarray:
     return f
 
 
-def stage_probabilities(notes: NoteArray, model: MelodyModel) -> list[np.ndarray]:
-    """P(melody) per note after each stage (the last is the model's answer)."""
-    x = note_features(notes)
+def stage_probabilities(
+    notes: NoteArray, model: MelodyModel, features: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """P(melody) per note after each stage (the last is the model's answer).
+
+    ``features``: ``note_features(notes)`` when the caller already has them.
+    """
+    x = note_features(notes) if features is None else features
     out: list[np.ndarray] = []
     for k, st in enumerate(model.stages):
         if k:
@@ -223,10 +230,29 @@ def stage_probabilities(notes: NoteArray, model: MelodyModel) -> list[np.ndarray
 
 
 def melody_probability(notes: NoteArray, model: MelodyModel | None = None) -> np.ndarray:
-    """(N,) P(note belongs to the melody)."""
+    """(N,) P(note belongs to the melody).
+
+    With the shipped models (``model=None``) the stacked scorer's answer is re-scored by the
+    sequence network (:mod:`aurl.analysis.melody_sequence`); a ``model`` given here is used alone.
+    """
     if len(notes) == 0:
         return np.zeros(0)
-    return stage_probabilities(notes, model or default_model())[-1]
+    if model is not None:
+        return stage_probabilities(notes, model)[-1]
+    from aurl.analysis.melody_sequence import default_scorer
+
+    x = note_features(notes)
+    stacked = stage_probabilities(notes, default_model(), x)[-1]
+    return default_scorer().probability(notes, x, onset_groups(notes), stacked)
+
+
+def melody_threshold(model: MelodyModel | None = None) -> float:
+    """The P(melody) a note needs to join the line (the sequence network's, for the shipped models)."""
+    if model is not None:
+        return model.threshold
+    from aurl.analysis.melody_sequence import default_scorer
+
+    return default_scorer().threshold
 
 
 @dataclass(frozen=True)
@@ -257,8 +283,11 @@ def extract_melody(
     notes: NoteArray | None = None,
     model: MelodyModel | None = None,
     cfg: MelodyConfig | None = None,
+    prob: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices (into ``notes``) of the melody: at most one note per onset group, monophonic.
+
+    ``prob``: P(melody) per note when the caller already has it (else ``melody_probability``).
 
     Viterbi over onset groups: each group either rests or takes one of its ``candidates`` most
     probable notes, scoring logit(P(melody)) - logit(threshold) per note taken, minus the leap and
@@ -270,10 +299,12 @@ def extract_melody(
         notes = score_notes(score)
     if len(notes) == 0:
         return np.zeros(0, dtype=np.int64)
-    model = model or default_model()
     cfg = cfg or MelodyConfig()
-    prob = np.clip(melody_probability(notes, model), 1e-4, 1 - 1e-4)
-    gain = np.log(prob / (1 - prob)) - np.log(model.threshold / (1 - model.threshold))
+    if prob is None:
+        prob = melody_probability(notes, model)
+    prob = np.clip(prob, 1e-4, 1 - 1e-4)
+    thr = melody_threshold(model)
+    gain = np.log(prob / (1 - prob)) - np.log(thr / (1 - thr))
     g = onset_groups(notes)
     if cfg.leap_cost == 0 and cfg.velocity_cost == 0:  # no continuity: the best note of each group
         order = np.lexsort((prob, g))
