@@ -45,7 +45,7 @@ from aurl.analysis.beats import tempo_map_grid
 from aurl.analysis.key import TONICS, KeyConfig, estimate_keys
 from aurl.analysis.melody import skyline
 from aurl.analysis.notes import score_notes, segment_chroma
-from aurl.analysis.run import analyze_paths, analyze_score
+from aurl.analysis.run import analyze_paths, analyze_score, one_thread_worker
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENHARMONIC = {
@@ -295,7 +295,7 @@ def main() -> None:
     if not args.speed_only:
         t0 = time.time()
         load0 = os.getloadavg()
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        with ProcessPoolExecutor(max_workers=args.workers, initializer=one_thread_worker) as pool:
             rows = list(pool.map(safe_evaluate, range(first, last + 1), chunksize=4))
         report["eval_seconds"] = round(time.time() - t0, 1)
         report["eval_loadavg_before"] = [round(x, 2) for x in load0]

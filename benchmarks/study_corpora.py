@@ -200,7 +200,9 @@ def main() -> None:
         raise SystemExit("no Bach MIDI cache: run `aurl prepare bach --out data/bach` first")
     bach_files = sorted(str(p) for p in bach_dir[-1].glob("*.mid"))
     first, last = (int(x) for x in args.pop.split("-"))
-    with ProcessPoolExecutor(args.workers) as pool:
+    from aurl.analysis.run import one_thread_worker
+
+    with ProcessPoolExecutor(args.workers, initializer=one_thread_worker) as pool:
         bach = list(pool.map(_bach, bach_files, chunksize=8))
         pop = list(pool.map(_pop, range(first, last + 1), chunksize=8))
     corpora = {"Bach chorales": stats(bach), f"POP909 {first:03d}-{last:03d}": stats(pop)}

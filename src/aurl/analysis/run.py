@@ -118,6 +118,14 @@ def _task(args: tuple[str, AnalysisConfig, Path | None]) -> dict:
     return analyze_file(*args)
 
 
+def one_thread_worker() -> None:
+    """Pool initializer: one torch thread per worker process (the melody network), so that
+    ``workers`` processes do not oversubscribe the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def analyze_paths(
     input_path: str | os.PathLike,
     cfg: AnalysisConfig | None = None,
@@ -141,7 +149,7 @@ def analyze_paths(
     if workers <= 1 or len(jobs) <= 1:
         files = [_task(j) for j in jobs]
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=one_thread_worker) as pool:
             files = list(pool.map(_task, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
     return {"files": files}
 
