@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 from analysis_scores import make_score, progression
 
 from aurl.analysis.beats import track_beats
@@ -21,6 +22,7 @@ from aurl.analysis.melody import (
     stage_probabilities,
 )
 from aurl.analysis.melody import default_model as default_melody_model
+from aurl.analysis.melody_sequence import HOP, WINDOW, SequenceScorer
 from aurl.analysis.motifs import MotifConfig, find_motifs
 from aurl.analysis.notes import score_notes
 from aurl.analysis.structure import (
@@ -223,3 +225,17 @@ def test_segment_bars_follows_the_logits_and_the_length_prior():
     strong = flat.copy()
     strong[[4, 8, 12]] = 3.0
     assert segment_bars(strong, logp, 1.0) == [0, 4, 8, 12]
+
+
+class _Pointwise(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # logit = first column, no context
+        return x[..., 0]
+
+
+@pytest.mark.parametrize("n", [1, 100, WINDOW, WINDOW + 1, 3 * HOP + 7, 2000])
+def test_windowed_scoring_gives_every_note_exactly_one_answer(n):
+    # With a network that ignores context, the windows must reproduce the per-note answer for
+    # every note: a gap or an overlap in the windows' middle parts would show here.
+    x = np.random.default_rng(n).normal(size=(n, 4)).astype(np.float32)
+    scorer = SequenceScorer(_Pointwise(), np.zeros(1), np.ones(1), 0.5)
+    np.testing.assert_allclose(scorer.window_probability(x), 1 / (1 + np.exp(-x[:, 0])), rtol=1e-6)
