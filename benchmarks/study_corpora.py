@@ -173,7 +173,7 @@ def reading(corpora: dict) -> list[str]:
         " secondary dominants instead.",
         "- **Phrase lengths.** Four and eight bars dominate in both, but the structure DP's length prior"
         " (learned from the POP909 annotations) favours exactly these lengths and its boundaries match the"
-        " POP909 annotators only about 57 % of the time on held-out songs (boundary F at 3 s,"
+        " POP909 annotators only about 60 % of the time on held-out songs (boundary F at 3 s,"
         " BENCHMARKS.md), so this panel shows the prior at least as much as the music.",
         "",
     ]
@@ -229,7 +229,7 @@ def main() -> None:
         "track first. Numerals are relative to the key in force (uppercase = major third, lowercase =",
         "minor third, ° diminished); repeated chords are merged, `N` dropped. How far to trust the",
         'analyzers: see BENCHMARKS.md, section "Analysis (issue 11)" (chords ~93 % majmin on POP909,',
-        "key ~85-90 %, phrase boundaries ~57 % F at 3 s, so the phrase figures are the roughest).",
+        "key ~85-90 %, melody ~85 % note F1, phrase boundaries ~60 % F at 3 s, so the phrase figures are the roughest).",
         "",
         "![top progressions and phrase lengths](studies/corpora.png)",
         "",
