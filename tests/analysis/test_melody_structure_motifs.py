@@ -18,11 +18,13 @@ from aurl.analysis.melody import (
     extract_melody,
     melody_notes,
     melody_probability,
+    note_features,
+    onset_groups,
     skyline,
     stage_probabilities,
 )
 from aurl.analysis.melody import default_model as default_melody_model
-from aurl.analysis.melody_sequence import HOP, WINDOW, SequenceScorer
+from aurl.analysis.melody_sequence import HOP, WINDOW, SequenceScorer, default_scorer
 from aurl.analysis.motifs import MotifConfig, find_motifs
 from aurl.analysis.notes import score_notes
 from aurl.analysis.structure import (
@@ -239,3 +241,16 @@ def test_windowed_scoring_gives_every_note_exactly_one_answer(n):
     x = np.random.default_rng(n).normal(size=(n, 4)).astype(np.float32)
     scorer = SequenceScorer(_Pointwise(), np.zeros(1), np.ones(1), 0.5)
     np.testing.assert_allclose(scorer.window_probability(x), 1 / (1 + np.exp(-x[:, 0])), rtol=1e-6)
+
+
+def test_int8_melody_network_agrees_with_the_float32_reference():
+    acc, melody = aaba()
+    notes = score_notes(make_score(acc + melody))
+    x = note_features(notes)
+    stacked = stage_probabilities(notes, default_melody_model(), x)[-1]
+    groups = onset_groups(notes)
+    p8 = default_scorer().probability(notes, x, groups, stacked)
+    p32 = default_scorer(quantized=False).probability(notes, x, groups, stacked)
+    assert np.abs(p8 - p32).max() < 0.05
+    thr = default_scorer().threshold
+    assert ((p8 > thr) == (p32 > thr)).mean() > 0.98
