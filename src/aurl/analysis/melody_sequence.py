@@ -4,9 +4,10 @@ The stacked per-note scorer (:mod:`aurl.analysis.melody`) sees each note through
 context windows; this network reads the piece as a sequence (per note: the 14 note features, the
 time since the previous onset, whether a new onset group starts, and the stacked scorer's
 probability) in overlapping windows of 512 notes and re-scores every note from the notes before
-and after it. Fitted on POP909 001-600 by ``benchmarks/fit_melody_sequence.py`` (96 hidden units,
-12 epochs), threshold chosen on 601-700: melody note F1 on 601-700 0.751 (stacked scorer alone)
--> 0.839; held out (701-800) 0.773 -> 0.847 (int8 weights, BENCHMARKS.md).
+and after it. Settings chosen by a fit on POP909 001-600 with 601-700 as tuning songs (96
+hidden units, 12 epochs, threshold 0.35; 601-700 note F1 0.751 with the stacked scorer alone ->
+0.839), then refitted on 001-700 (``benchmarks/fit_melody_sequence.py``): held out (701-800) note
+F1 0.773 -> 0.860 with int8 weights (BENCHMARKS.md).
 
 The weights (0.5 MB, float32) ship as ``data/melody_sequence.safetensors`` beside a small JSON of
 feature means, the threshold and the fit's note.
@@ -25,7 +26,7 @@ from aurl.analysis.notes import NoteArray
 
 N_EXTRA = 3  # columns after the standardised note features: log gap, new group, stacked P
 # Notes per window and the step between windows when scoring a piece (training used 384 / 192,
-# benchmarks/fit_melody_sequence.py). Note F1 on POP909 601-700 and seconds for those 100 songs on
+# benchmarks/fit_melody_sequence.py). With the 001-600 fit, note F1 on 601-700 and seconds for those 100 songs on
 # one core (melody extraction and scoring): 384 / 192 0.8385 6.5 s; 384 / 288 0.8374 5.1 s;
 # 512 / 384 0.8396 6.0 s; 640 / 512 0.8402 6.7 s; 768 / 384 0.8401 7.9 s; 768 / 640 0.8379 7.4 s.
 WINDOW, HOP = 512, 384
