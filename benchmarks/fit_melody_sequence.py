@@ -109,7 +109,7 @@ def main() -> None:
             flush=True,
         )
         if tune and ((ep + 1) % args.eval_every == 0 or ep + 1 == args.epochs):
-            f = tune_f1(SequenceScorer(net, mean, std, 0.4), songs, tune, stacked)
+            f = tune_f1(SequenceScorer(net, mean, std, 0.4), songs, tune)
             print(f"  note F1 {f:.4f} on {tune[0]}-{tune[-1]} (threshold 0.4)", flush=True)
             if kept is None or f > kept[1]:
                 kept = ({k: v.detach().clone() for k, v in net.state_dict().items()}, f, ep + 1)
@@ -120,7 +120,7 @@ def main() -> None:
         kept = (None, None, args.epochs)
     best = (args.threshold, None) if args.threshold is not None else None
     for thr in (0.3, 0.35, 0.4, 0.45, 0.5) if best is None else ():
-        f = tune_f1(SequenceScorer(net, mean, std, thr), songs, tune, stacked)
+        f = tune_f1(SequenceScorer(net, mean, std, thr), songs, tune)
         print(f"threshold {thr}: note F1 {f:.4f} on {tune[0]}-{tune[-1]}", flush=True)
         if best is None or f > best[1]:
             best = (thr, f)
@@ -148,16 +148,15 @@ def main() -> None:
     print(f"wrote {args.out}.{{json,safetensors}} in {time.time() - t0:.0f} s: {meta['note']}")
 
 
-def tune_f1(scorer: SequenceScorer, songs: dict, tune: list[int], stacked) -> float:
+def tune_f1(scorer: SequenceScorer, songs: dict, tune: list[int]) -> float:
     """Mean note F1 of ``extract_melody`` on the tuning songs with the scorer's probabilities."""
     net_mode = scorer.net.training
     f1 = []
     for i in tune:
         notes, feats, _, ref, p = songs[i]
         prob = scorer.probability(notes, feats, mel.onset_groups(notes), p)
-        # with ``prob`` given, the model passed only sets the decoding threshold
-        model = mel.MelodyModel(stacked.stages, scorer.threshold)
-        f1.append(fmm.note_f1(notes, mel.extract_melody(notes=notes, model=model, prob=prob), ref))
+        idx = mel.extract_melody(notes=notes, prob=prob, threshold=scorer.threshold)
+        f1.append(fmm.note_f1(notes, idx, ref))
     scorer.net.train(net_mode)
     return float(np.mean(f1))
 

@@ -9,9 +9,9 @@ after, how dense it is over 2/6/12 s, the note's loudness, register and length a
 the position in the piece: a prior that intros are accompaniment would drop the first bars of a
 tune that starts at once). All stages live in
 ``data/melody_model.json``, fitted on POP909 (stages on 001-600, threshold on 601-700) with
-``benchmarks/fit_melody_model.py``. Last, a bidirectional GRU reads the whole piece as a sequence
-of notes and re-scores each (:mod:`aurl.analysis.melody_sequence`, fitted on 001-600 with the
-stacked answer as one of its inputs). The line keeps, in each onset group, the most probable note
+``benchmarks/fit_melody_model.py``. Last, a bidirectional GRU reads the notes in time order (in
+windows of 512) and re-scores each (:mod:`aurl.analysis.melody_sequence`, with the stacked answer
+as one of its inputs). The line keeps, in each onset group, the most probable note
 when its final probability passes the threshold, so it is monophonic.
 The skyline (highest note of each onset group) is :func:`skyline`, the baseline.
 """
@@ -284,10 +284,12 @@ def extract_melody(
     model: MelodyModel | None = None,
     cfg: MelodyConfig | None = None,
     prob: np.ndarray | None = None,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Indices (into ``notes``) of the melody: at most one note per onset group, monophonic.
 
-    ``prob``: P(melody) per note when the caller already has it (else ``melody_probability``).
+    ``prob``: P(melody) per note when the caller already has it (else ``melody_probability``);
+    ``threshold``: the P a note needs (else ``melody_threshold(model)``).
 
     Viterbi over onset groups: each group either rests or takes one of its ``candidates`` most
     probable notes, scoring logit(P(melody)) - logit(threshold) per note taken, minus the leap and
@@ -303,7 +305,7 @@ def extract_melody(
     if prob is None:
         prob = melody_probability(notes, model)
     prob = np.clip(prob, 1e-4, 1 - 1e-4)
-    thr = melody_threshold(model)
+    thr = melody_threshold(model) if threshold is None else threshold
     gain = np.log(prob / (1 - prob)) - np.log(thr / (1 - thr))
     g = onset_groups(notes)
     if cfg.leap_cost == 0 and cfg.velocity_cost == 0:  # no continuity: the best note of each group

@@ -9,7 +9,7 @@ hidden units, 12 epochs, threshold 0.35; 601-700 note F1 0.751 with the stacked 
 0.839), then refitted on 001-700 (``benchmarks/fit_melody_sequence.py``): held out (701-800) note
 F1 0.773 -> 0.860 with int8 weights (BENCHMARKS.md).
 
-The weights (0.5 MB, float32) ship as ``data/melody_sequence.safetensors`` beside a small JSON of
+The weights (1.1 MB, float32) ship as ``data/melody_sequence.safetensors`` beside a small JSON of
 feature means, the threshold and the fit's note.
 """
 
