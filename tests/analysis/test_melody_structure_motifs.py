@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -33,7 +34,6 @@ from aurl.analysis.structure import (
     find_sections,
     segment_bars,
     similarity,
-    with_context,
 )
 
 # A 4-bar tune (start beat, duration, pitch), repeated to build A A B A.
@@ -214,10 +214,37 @@ def test_bar_features_mark_a_repeat_after_a_rest():
     assert f[4, 5] == 1.0 and f[4, 6] == 1.0  # a repeated block starts at bar 4 (lag 4)
     assert f[4, 10] == 1.0 and f[2, 10] == 0.0  # 4 bars after the first melody bar
     assert f[4, 8] == pytest.approx(0.0)  # no novelty where a block repeats exactly
-    ctx = with_context(f)
-    assert ctx.shape == (8, 5 * N_BAR_FEATURES)
-    np.testing.assert_array_equal(ctx[4, N_BAR_FEATURES : 2 * N_BAR_FEATURES], f[3])  # bar i-1
-    np.testing.assert_array_equal(ctx[0, N_BAR_FEATURES : 2 * N_BAR_FEATURES], 0.0)
+    # columns 16-18: repeated blocks (4 bars long: weight 4/16) start at bars 0 and 4, and the
+    # first copy ends at bar 4; 22-26: similarity to the bars 1, 2, 4, 8, 16 before; 27: best earlier
+    assert f[0, 16] == f[4, 16] == pytest.approx(0.25) and f[2, 16] == 0.0
+    assert f[4, 17] == pytest.approx(0.25) and f[5, 17] == 0.0
+    np.testing.assert_allclose(f[:, 18], 0.25)
+    assert f[4, 24] == pytest.approx(1.0) and f[4, 22] < 0.6
+    assert f[6, 27] == pytest.approx(1.0) and f[2, 27] < 0.6  # bar 2 is new material
+
+
+def test_structure_model_round_trips_through_its_files(tmp_path):
+    from aurl.analysis.structure_network import BoundaryGRU, StructureModel, default_model
+
+    torch.manual_seed(0)
+    model = StructureModel(
+        nets=(BoundaryGRU().eval(), BoundaryGRU().eval()),
+        mean=np.zeros(N_BAR_FEATURES),
+        std=np.ones(N_BAR_FEATURES),
+        length_logp=np.log(np.full(8, 1 / 8)),
+        length_weight=0.5,
+        offset=1.0,
+    )
+    model.to_files(tmp_path / "m", "test")
+    meta = json.loads((tmp_path / "m.json").read_text())
+    back = StructureModel.from_bytes(meta, (tmp_path / "m.safetensors").read_bytes())
+    feats = np.random.default_rng(0).normal(size=(12, N_BAR_FEATURES))
+    np.testing.assert_allclose(back.logits(feats), model.logits(feats), rtol=1e-6)
+    one = StructureModel(**{**model.__dict__, "nets": model.nets[:1]})
+    assert not np.allclose(one.logits(feats), model.logits(feats))  # the networks are averaged
+    assert len(default_model().nets) >= 1
+    with pytest.raises(ValueError, match="features"):
+        StructureModel(**{**model.__dict__, "mean": np.zeros(16)})
 
 
 def test_segment_bars_follows_the_logits_and_the_length_prior():

@@ -116,17 +116,12 @@ def int8_dynamic(net: torch.nn.Module) -> torch.nn.Module:
         )
 
 
-@lru_cache(maxsize=2)
-def default_scorer(quantized: bool = True) -> SequenceScorer:
-    """The committed network (``data/melody_sequence.{json,safetensors}``), int8 unless asked
-    otherwise (:func:`int8_dynamic`; the float32 network is the reference the tests compare with)."""
+def load_scorer(meta: dict, weights: bytes, quantized: bool = True) -> SequenceScorer:
+    """A scorer from the JSON ``meta`` and safetensors ``weights`` that the fit script writes."""
     from safetensors.torch import load
 
-    data = resources.files("aurl.analysis").joinpath("data")
-    meta = json.loads((data / "melody_sequence.json").read_text())
-    weights_file = data / "melody_sequence.safetensors"
     net = MelodyGRU(len(meta["mean"]) + N_EXTRA, int(meta["hidden"]))
-    net.load_state_dict(load(weights_file.read_bytes()))
+    net.load_state_dict(load(weights))
     if quantized:
         net = int8_dynamic(net.eval())
     return SequenceScorer(
@@ -135,3 +130,12 @@ def default_scorer(quantized: bool = True) -> SequenceScorer:
         np.asarray(meta["std"], dtype=np.float64),
         float(meta["threshold"]),
     )
+
+
+@lru_cache(maxsize=2)
+def default_scorer(quantized: bool = True) -> SequenceScorer:
+    """The committed network (``data/melody_sequence.{json,safetensors}``), int8 unless asked
+    otherwise (:func:`int8_dynamic`; the float32 network is the reference the tests compare with)."""
+    data = resources.files("aurl.analysis").joinpath("data")
+    meta = json.loads((data / "melody_sequence.json").read_text())
+    return load_scorer(meta, (data / "melody_sequence.safetensors").read_bytes(), quantized)

@@ -8,27 +8,33 @@
    not match bar i-1-L; also for L a multiple of 4), Foote novelty of the similarity matrix over
    2, 4 and 8 bars, the bar count from the first melody bar modulo 4 and 8, the first melody bar
    and the bar after the last, a chord change at the bar line, a note held at the end of the bar
-   before. A small network over these features of bars i-2..i+2 (``data/structure_model.json``,
-   fitted on POP909 001-600 by ``benchmarks/fit_structure_model.py``) gives a boundary logit.
-4. A dynamic programme picks the phrase starts maximising the boundary logits (plus ``offset``)
+   before; then where repeated blocks of any lag start and stop (:func:`repeat_runs`), the bar's
+   similarity to the bars 1, 2, 4, 8 and 16 before it, and its best match earlier and later.
+4. Bidirectional GRUs read these features over all the bars of the piece
+   (:mod:`aurl.analysis.structure_network`, ``data/structure_model.{json,safetensors}``, fitted on POP909 001-600 by
+   ``benchmarks/fit_structure_model.py``); their averaged output is a boundary logit per bar line.
+   They replaced a network over the features of bars i-2..i+2 only: boundary F3 on 601-700
+   0.631 -> 0.72 (BENCHMARKS.md).
+5. A dynamic programme picks the phrase starts maximising the boundary logits (plus ``offset``)
    plus ``length_weight`` x the log frequency of each phrase length in bars in the annotations of
    POP909 001-600 (4 and 8 bars dominate; Dai, Zhang & Dannenberg 2020).
-5. Labels: segments whose mean similarity is above ``same_threshold`` share a letter (A, B, ...);
+6. Labels: segments whose mean similarity is above ``same_threshold`` share a letter (A, B, ...);
    melody-free segments get lowercase letters (intro/bridge/outro style, as the annotations).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:  # the networks need torch, imported when a piece is segmented
+    from aurl.analysis.structure_network import StructureModel
+
 SLOTS_PER_BEAT = 2
-N_BAR_FEATURES = 16  # columns of :func:`bar_features`
-CONTEXT_BARS = 2  # the boundary network sees the features of bars i-2..i+2
+N_BAR_FEATURES = 29  # columns of :func:`bar_features`
+SIM_LAGS = (1, 2, 4, 8, 16)  # bar i's similarity to bar i - lag is a feature
 
 
 @dataclass(frozen=True)
@@ -38,47 +44,6 @@ class StructureConfig:
     # DP balance; None = the values chosen on POP909 601-700 and stored in structure_model.json
     length_weight: float | None = None  # weight of the phrase-length log prior
     offset: float | None = None  # added to every boundary logit (more or fewer phrases)
-
-
-@dataclass(frozen=True)
-class StructureModel:
-    """Boundary network (F*5 -> H -> 1) and the phrase-length prior."""
-
-    w1: np.ndarray
-    b1: np.ndarray
-    w2: np.ndarray
-    b2: float
-    mean: np.ndarray
-    std: np.ndarray
-    length_logp: np.ndarray  # (L,) log frequency of phrases of 1..L bars
-    length_weight: float
-    offset: float
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StructureModel:
-        a = {
-            k: np.asarray(d[k], dtype=np.float64)
-            for k in ("w1", "b1", "w2", "mean", "std", "length_logp")
-        }
-        if a["w1"].shape[1] != N_BAR_FEATURES * (2 * CONTEXT_BARS + 1):
-            raise ValueError(f"structure model takes {a['w1'].shape[1]} features")
-        return cls(
-            b2=float(d["b2"]),
-            length_weight=float(d["length_weight"]),
-            offset=float(d["offset"]),
-            **a,
-        )
-
-    def logits(self, feats: np.ndarray) -> np.ndarray:
-        """(bars,) boundary logit of each bar line from :func:`bar_features`."""
-        x = (with_context(feats) - self.mean) / self.std
-        return np.maximum(x @ self.w1.T + self.b1, 0.0) @ self.w2 + self.b2
-
-
-@lru_cache(maxsize=1)
-def default_model() -> StructureModel:
-    text = resources.files("aurl.analysis").joinpath("data/structure_model.json").read_text()
-    return StructureModel.from_dict(json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -153,8 +118,32 @@ def _foote(sim: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def repeat_runs(sim: np.ndarray, min_sim: float) -> np.ndarray:
+    """(bars, 3) where repeated blocks start, end and lie, weighted by block length.
+
+    A block is a run of >= 2 bars along a diagonal of ``sim`` (bar k + lag repeats bar k for
+    consecutive k) at ``min_sim`` or above. Both copies count. Columns: a block starts at this
+    bar; a block ended at the bar before (so this bar line is where the repetition stops); the
+    bar lies inside a block. The weight is min(block length, 16) / 16, the largest over blocks.
+    """
+    n = len(sim)
+    out = np.zeros((n + 1, 3))
+    for lag in range(1, n):
+        hit = (np.diagonal(sim, offset=-lag) >= min_sim).astype(np.int8)
+        edges = np.diff(np.r_[0, hit, 0])
+        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
+            if b - a < 2:
+                continue
+            w = min(b - a, 16) / 16
+            for shift in (0, lag):
+                out[a + shift, 0] = max(out[a + shift, 0], w)
+                out[b + shift, 1] = max(out[b + shift, 1], w)
+                out[a + shift : b + shift, 2] = np.maximum(out[a + shift : b + shift, 2], w)
+    return out[:n]
+
+
 def bar_features(mel: np.ndarray, harm: np.ndarray, sim: np.ndarray, min_sim: float) -> np.ndarray:
-    """(bars, 16) evidence that a phrase starts at each bar line (see the module docstring)."""
+    """(bars, 29) evidence that a phrase starts at each bar line (see the module docstring)."""
     n, slots = mel.shape
     has = (mel >= 0).any(axis=1)
     first = int(np.argmax(has)) if has.any() else 0
@@ -196,16 +185,14 @@ def bar_features(mel: np.ndarray, harm: np.ndarray, sim: np.ndarray, min_sim: fl
         chord_change,
         held,
     ]
+    # Repetition seen from each bar: where repeated blocks start and stop (two strictnesses),
+    # how like the bars 1, 2, 4, 8, 16 before it the bar is, and its best match anywhere earlier
+    # and later (new material or not).
+    idx = np.arange(n)
+    lagged = [np.where(idx >= lag, sim[idx, np.maximum(idx - lag, 0)], 0.0) for lag in SIM_LAGS]
+    cols += [*repeat_runs(sim, min_sim).T, *repeat_runs(sim, 0.8).T, *lagged]
+    cols += [np.tril(sim, -1).max(axis=1), np.triu(sim, 1).max(axis=1)]
     return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
-
-
-def with_context(feats: np.ndarray) -> np.ndarray:
-    """(bars, F * 5): each bar's features, then those of bars i-1, i+1, i-2, i+2 (zeros outside)."""
-    parts = [feats]
-    for d in range(1, CONTEXT_BARS + 1):
-        pad = np.zeros((d, feats.shape[1]))
-        parts += [np.r_[pad, feats[:-d]][: len(feats)], np.r_[feats[d:], pad][-len(feats) :]]
-    return np.concatenate(parts, axis=1)
 
 
 def segment_bars(logits: np.ndarray, length_logp: np.ndarray, length_weight: float) -> list[int]:
@@ -281,7 +268,10 @@ def find_sections(
     bpb = mel.shape[1] // SLOTS_PER_BEAT
     harm = bar_harmony(chords, beats, bar_idx, bpb)
     sim = similarity(mel, harm)
-    model = model or default_model()
+    if model is None:
+        from aurl.analysis.structure_network import default_model
+
+        model = default_model()
     weight = model.length_weight if cfg.length_weight is None else cfg.length_weight
     offset = model.offset if cfg.offset is None else cfg.offset
     logits = model.logits(bar_features(mel, harm, sim, cfg.min_sim)) + offset

@@ -1,0 +1,116 @@
+"""The phrase-boundary networks of :mod:`aurl.analysis.structure` (torch, loaded on first use).
+
+Bidirectional GRUs read :func:`aurl.analysis.structure.bar_features` over every bar of a piece and
+give one boundary logit per bar line; the shipped model averages the logits of several networks
+fitted with different seeds (``benchmarks/fit_structure_model.py``). The weights ship as
+``data/structure_model.safetensors`` beside a JSON of feature means, the phrase-length prior, the
+DP balance and the fit's note.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aurl.analysis.structure import N_BAR_FEATURES
+
+
+class BoundaryGRU(torch.nn.Module):
+    """Linear -> ReLU -> 2-layer bidirectional GRU over the bars -> one boundary logit per bar."""
+
+    def __init__(self, n_in: int = N_BAR_FEATURES, width: int = 48, hidden: int = 32) -> None:
+        super().__init__()
+        self.inp = torch.nn.Linear(n_in, width)
+        self.gru = torch.nn.GRU(width, hidden, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = torch.nn.Linear(2 * hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, bars, F) -> (B, bars) logits
+        return self.out(self.gru(torch.relu(self.inp(x)))[0])[..., 0]
+
+
+@dataclass(frozen=True)
+class StructureModel:
+    """Boundary networks (their logits are averaged) and the phrase-length prior."""
+
+    nets: tuple[BoundaryGRU, ...]
+    mean: np.ndarray
+    std: np.ndarray
+    length_logp: np.ndarray  # (L,) log frequency of phrases of 1..L bars
+    length_weight: float
+    offset: float
+
+    def __post_init__(self) -> None:
+        if not self.nets:
+            raise ValueError("a structure model needs at least one boundary network")
+        if self.mean.shape != (N_BAR_FEATURES,) or self.std.shape != (N_BAR_FEATURES,):
+            raise ValueError(
+                f"structure model standardises {self.mean.shape} features, "
+                f"bar_features gives {N_BAR_FEATURES}"
+            )
+
+    def logits(self, feats: np.ndarray) -> np.ndarray:
+        """(bars,) boundary logit of each bar line from :func:`bar_features`."""
+        x = torch.tensor((feats - self.mean) / self.std, dtype=torch.float32)[None]
+        with torch.no_grad():
+            out = torch.stack([net(x)[0] for net in self.nets]).mean(dim=0)
+        return out.double().numpy()
+
+    def to_files(self, stem: Path, note: str) -> None:
+        """``stem.json`` (means, prior, DP balance, note) and ``stem.safetensors`` (weights)."""
+        from safetensors.torch import save_file
+
+        meta = {
+            "note": note,
+            "n_nets": len(self.nets),
+            "mean": np.round(self.mean, 6).tolist(),
+            "std": np.round(self.std, 6).tolist(),
+            "length_logp": np.round(self.length_logp, 6).tolist(),
+            "length_weight": self.length_weight,
+            "offset": self.offset,
+        }
+        weights = {
+            f"{k}.{name}": t.detach().contiguous()
+            for k, net in enumerate(self.nets)
+            for name, t in net.state_dict().items()
+        }
+        tmp = stem.with_suffix(".safetensors.tmp")
+        save_file(weights, str(tmp))
+        tmp.replace(stem.with_suffix(".safetensors"))
+        tmp = stem.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta) + "\n")
+        tmp.replace(stem.with_suffix(".json"))
+
+    @classmethod
+    def from_bytes(cls, meta: dict, weights: bytes) -> StructureModel:
+        from safetensors.torch import load
+
+        tensors = load(weights)
+        nets = []
+        for k in range(int(meta["n_nets"])):
+            net = BoundaryGRU()
+            net.load_state_dict(
+                {n[len(f"{k}.") :]: t for n, t in tensors.items() if n.startswith(f"{k}.")}
+            )
+            nets.append(net.eval())
+        return cls(
+            nets=tuple(nets),
+            mean=np.asarray(meta["mean"], dtype=np.float64),
+            std=np.asarray(meta["std"], dtype=np.float64),
+            length_logp=np.asarray(meta["length_logp"], dtype=np.float64),
+            length_weight=float(meta["length_weight"]),
+            offset=float(meta["offset"]),
+        )
+
+
+@lru_cache(maxsize=1)
+def default_model() -> StructureModel:
+    """The committed networks: ``data/structure_model.{json,safetensors}``."""
+    data = resources.files("aurl.analysis").joinpath("data")
+    meta = json.loads((data / "structure_model.json").read_text())
+    return StructureModel.from_bytes(meta, (data / "structure_model.safetensors").read_bytes())
