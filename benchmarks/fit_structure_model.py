@@ -23,6 +23,7 @@ Songs 701-800 (held out) are never read.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -212,9 +213,7 @@ def main() -> None:
     best = None
     for weight in (0.25, 0.5, 1.0):
         for offset in (0.5, 1.0, 1.5, 2.0, 2.5):
-            trial = sn.StructureModel(
-                **{**model.__dict__, "length_weight": weight, "offset": offset}
-            )
+            trial = dataclasses.replace(model, length_weight=weight, offset=offset)
             f = float(
                 np.mean([boundary_f(r, lo, trial) for r, lo in zip(val, logits, strict=True)])
             )

@@ -107,14 +107,26 @@ def similarity(mel: np.ndarray, harm: np.ndarray) -> np.ndarray:
 
 
 def _foote(sim: np.ndarray, width: int) -> np.ndarray:
-    """(bars,) checkerboard novelty: mean similarity inside the blocks before/after minus across."""
+    """(bars,) checkerboard novelty: mean similarity inside the blocks before/after minus across.
+
+    Block sums come from a summed-area table, all bar lines at once (a loop over bar lines with
+    slice means cost ~0.8 ms per width for a 90-bar song).
+    """
     n = len(sim)
     out = np.zeros(n)
-    for i in range(1, n):
-        a, b = max(0, i - width), min(n, i + width)
-        if b > i:
-            within = 0.5 * (sim[a:i, a:i].mean() + sim[i:b, i:b].mean())
-            out[i] = within - sim[a:i, i:b].mean()
+    if n < 2:
+        return out
+    area = np.zeros((n + 1, n + 1))
+    area[1:, 1:] = sim.cumsum(axis=0).cumsum(axis=1)
+
+    def block(r0, r1, c0, c1):
+        return area[r1, c1] - area[r0, c1] - area[r1, c0] + area[r0, c0]
+
+    i = np.arange(1, n)
+    a, b = np.maximum(0, i - width), np.minimum(n, i + width)
+    before, after = (i - a).astype(float), (b - i).astype(float)
+    within = 0.5 * (block(a, i, a, i) / before**2 + block(i, b, i, b) / after**2)
+    out[1:] = within - block(a, i, i, b) / (before * after)
     return out
 
 
@@ -128,17 +140,23 @@ def repeat_runs(sim: np.ndarray, min_sim: float) -> np.ndarray:
     """
     n = len(sim)
     out = np.zeros((n + 1, 3))
-    for lag in range(1, n):
-        hit = (np.diagonal(sim, offset=-lag) >= min_sim).astype(np.int8)
-        edges = np.diff(np.r_[0, hit, 0])
-        for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True):
-            if b - a < 2:
-                continue
-            w = min(b - a, 16) / 16
-            for shift in (0, lag):
-                out[a + shift, 0] = max(out[a + shift, 0], w)
-                out[b + shift, 1] = max(out[b + shift, 1], w)
-                out[a + shift : b + shift, 2] = np.maximum(out[a + shift : b + shift, 2], w)
+    hit = np.tril(sim >= min_sim, -1)  # hit[i, j]: bar i repeats bar j (i > j)
+    # Lengths of the diagonal runs, counted forward to and backward from each cell.
+    fwd, bwd = np.zeros((n + 1, n + 1)), np.zeros((n + 2, n + 2))
+    for i in range(n):
+        fwd[i + 1, 1:] = np.where(hit[i], fwd[i, :-1] + 1, 0)
+    for i in range(n - 1, -1, -1):
+        bwd[i, :n] = np.where(hit[i], bwd[i + 1, 1 : n + 1] + 1, 0)
+    total = fwd[1:, 1:] + bwd[:n, :n] - 1  # length of the run through each cell
+    weight = np.where(hit & (total >= 2), np.minimum(total, 16) / 16, 0.0)
+    ii, jj = np.nonzero(weight)
+    w = weight[ii, jj]
+    start = fwd[ii + 1, jj + 1] == 1
+    end = bwd[ii, jj] == 1
+    for rows, col in ((ii[start], 0), (jj[start], 0), (ii[end] + 1, 1), (jj[end] + 1, 1)):
+        np.maximum.at(out[:, col], rows, w[start] if col == 0 else w[end])
+    np.maximum.at(out[:, 2], ii, w)
+    np.maximum.at(out[:, 2], jj, w)
     return out[:n]
 
 
