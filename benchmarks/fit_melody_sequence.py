@@ -54,6 +54,12 @@ def main() -> None:
         help="fixed decision threshold, for a final fit on every song up to --last "
         "(--train-last equal to --last: no tuning songs left, so no early stopping either)",
     )
+    ap.add_argument(
+        "--skip-train",
+        default=None,
+        help="A-B: songs left out of training (cross-fitting: a network for songs A-B that never "
+        "saw them, as fit_structure_model.py --melody-network uses)",
+    )
     ap.add_argument("--out", type=Path, default=DATA / "melody_sequence")
     args = ap.parse_args()
     if args.last > 700:
@@ -69,7 +75,11 @@ def main() -> None:
     for i in range(1, args.last + 1):
         notes, feats, y, ref = fmm.song(i)
         songs[i] = (notes, feats, y, ref, mel.stage_probabilities(notes, stacked)[-1])
-    train = [i for i in songs if i <= args.train_last]
+    skip = range(0)
+    if args.skip_train:
+        lo, hi = (int(v) for v in args.skip_train.split("-"))
+        skip = range(lo, hi + 1)
+    train = [i for i in songs if i <= args.train_last and i not in skip]
     tune = [i for i in songs if i > args.train_last]
     allf = np.concatenate([songs[i][1] for i in train])
     mean, std = allf.mean(axis=0), allf.std(axis=0) + 1e-6
@@ -131,7 +141,9 @@ def main() -> None:
         "note": (
             f"Fitted by benchmarks/fit_melody_sequence.py (weights after epoch {kept[2]} of "
             f"{args.epochs}) on POP909 "
-            f"001-{args.train_last:03d} (tracks merged), "
+            f"001-{args.train_last:03d}"
+            + (f" except {args.skip_train}" if args.skip_train else "")
+            + " (tracks merged), "
             + (
                 f"threshold on {tune[0]}-{tune[-1]} (note F1 {best[1]:.4f} there)"
                 if best[1] is not None

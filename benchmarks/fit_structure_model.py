@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pop909_analysis_data as pop
 from bench_analysis import structure_scores
+from bench_bach_phrases import fermata_ends
 
 from aurl.analysis import structure as st
 from aurl.analysis import structure_network as sn
@@ -54,38 +55,55 @@ from aurl.analysis.melody import (
 from aurl.analysis.melody_sequence import default_scorer, load_scorer
 from aurl.analysis.notes import score_notes
 from aurl.analysis.run import one_thread_worker
+from aurl.data.corpus import bach_midi_dir
+from aurl.data.midi_io import load_score
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "aurl" / "analysis" / "data" / "structure_model"
 MAX_BARS = 20
 BATCH_SONGS = 8
-MELODY_NETWORK: Path | None = None  # set in each worker by ``init``
+MELODY_NETWORKS: list[tuple[Path, int, int]] = []  # (stem, first, last song); set by ``init``
 
 
-def init(melody_network: Path | None) -> None:
-    global MELODY_NETWORK
+def init(melody_networks: list[tuple[Path, int, int]]) -> None:
+    global MELODY_NETWORKS
     one_thread_worker()
-    MELODY_NETWORK = melody_network
+    MELODY_NETWORKS = melody_networks
 
 
-@lru_cache(maxsize=1)
-def scorer():
-    if MELODY_NETWORK is None:
-        return default_scorer()
-    meta = json.loads(MELODY_NETWORK.with_suffix(".json").read_text())
-    return load_scorer(meta, MELODY_NETWORK.with_suffix(".safetensors").read_bytes())
+def network_arg(text: str) -> tuple[Path, int, int]:
+    """``STEM:A-B`` (the network that melodies songs A-B) or ``STEM`` (every song)."""
+    stem, _, songs = text.partition(":")
+    lo, hi = (int(v) for v in songs.split("-")) if songs else (1, 800)
+    return Path(stem), lo, hi
+
+
+@lru_cache(maxsize=8)
+def load_network(stem: Path):
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    return load_scorer(meta, stem.with_suffix(".safetensors").read_bytes())
+
+
+def scorer(i: int):
+    for stem, lo, hi in MELODY_NETWORKS:
+        if lo <= i <= hi:
+            return load_network(stem)
+    return default_scorer()
 
 
 def annotated(i: int) -> dict:
     return pop.structure()[f"{i:03d}"]["labels"]["2" if i == 62 else "1"]
 
 
-def song(i: int) -> dict | None:
-    score = pop.merged_score(i)
+def bar_inputs(score, melody_scorer) -> dict | None:
+    """Inferred beats, bars, melody and chords of ``score`` -> the boundary network's inputs."""
     notes = score_notes(score)
     x = note_features(notes)
-    stacked = stage_probabilities(notes, default_model(), x)[-1]
-    prob = scorer().probability(notes, x, onset_groups(notes), stacked)
-    mel_idx = extract_melody(notes=notes, prob=prob, threshold=scorer().threshold)
+    if notes.velocity.min() == notes.velocity.max():  # as extract_melody: no dynamics, top voice
+        mel_idx = extract_melody(notes=notes)
+    else:
+        stacked = stage_probabilities(notes, default_model(), x)[-1]
+        prob = melody_scorer.probability(notes, x, onset_groups(notes), stacked)
+        mel_idx = extract_melody(notes=notes, prob=prob, threshold=melody_scorer.threshold)
     bt = track_beats(score, notes, melody=mel_idx)
     if len(bt.downbeats) < 4:
         return None
@@ -101,23 +119,41 @@ def song(i: int) -> dict | None:
     )
     harm = st.bar_harmony(chords, bt.beats, bar_idx, mel.shape[1] // st.SLOTS_PER_BEAT)
     sim = st.similarity(mel, harm)
-    feats = st.bar_features(mel, harm, sim, st.StructureConfig().min_sim)
+    bar_seconds = float(np.median(np.diff(bt.downbeats)))
+    feats = st.bar_features(mel, harm, sim, st.StructureConfig().min_sim, bar_seconds)
+    return {"x": feats, "sim": sim, "mel": mel, "downbeats": bt.downbeats, "end": notes.end}
+
+
+def song(i: int) -> dict | None:
+    r = bar_inputs(pop.merged_score(i), scorer(i))
+    if r is None:
+        return None
     labels = pop.structure()[f"{i:03d}"]["labels"]
     names = ["2"] if i == 62 else ["1", "2"]  # 062's annotation 1 is corrupt
-    y = np.zeros(len(bar_idx), dtype=np.float32)
+    y = np.zeros(len(r["downbeats"]), dtype=np.float32)
     for name in names:  # both annotators are right, with different preferences: soft targets
         for s in labels[name]["sections"][1:]:
             if s["start"] > 0.5:
-                y[int(np.argmin(np.abs(bt.downbeats - s["start"])))] += 1.0 / len(names)
-    return {
-        "song": i,
-        "x": feats,
-        "y": y,
-        "sim": sim,
-        "mel": mel,
-        "downbeats": bt.downbeats,
-        "end": notes.end,
-    }
+                y[int(np.argmin(np.abs(r["downbeats"] - s["start"])))] += 1.0 / len(names)
+    return {"song": i, "y": y, **r}
+
+
+def chorale(path: Path) -> dict | None:
+    """A Bach chorale's inputs; targets: the bar line nearest the end of each soprano fermata."""
+    import music21
+
+    ends = fermata_ends(music21.corpus.parse(f"bach/{path.stem}"))
+    score, _ = load_score(path)
+    r = bar_inputs(score, default_scorer())
+    if r is None:
+        return None
+    seconds = 60.0 / (score.tempos[0].qpm if len(score.tempos) else 120.0)
+    ends = ends * seconds
+    ends = ends[(ends > 0.3) & (ends < r["end"] - 0.3)]
+    y = np.zeros(len(r["downbeats"]), dtype=np.float32)
+    for t in ends:
+        y[int(np.argmin(np.abs(r["downbeats"] - t)))] = 1.0
+    return {"song": path.name, "y": y, "fermatas": ends, **r}
 
 
 def length_logp(last: int) -> np.ndarray:
@@ -185,9 +221,29 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--seeds", type=int, default=3, help="networks fitted and averaged")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--melody-network", type=Path, default=None, help="stem of a melody network")
+    ap.add_argument(
+        "--melody-network",
+        type=network_arg,
+        action="append",
+        default=[],
+        help="STEM[:A-B]: the melody network (fit_melody_sequence.py --out STEM) for songs A-B; "
+        "repeat for cross-fitted networks; songs not covered use the shipped one",
+    )
+    ap.add_argument(
+        "--bach-data",
+        type=Path,
+        default=Path("data/bach"),
+        help="a prepared Bach dataset (aurl prepare bach --out data/bach): its training split's "
+        "chorales join the fit with their fermatas as phrase ends ('none' to leave them out)",
+    )
     ap.add_argument("--out", type=Path, default=OUT, help="stem: writes .json and .safetensors")
     args = ap.parse_args()
+    if str(args.bach_data) == "none":
+        args.bach_data = None
+    elif not (args.bach_data / "pieces.json").is_file():
+        raise SystemExit(
+            f"{args.bach_data}/pieces.json missing: run aurl prepare bach --out {args.bach_data}"
+        )
     if args.last > 700:
         raise SystemExit("--last must stay <= 700: 701-800 are the held-out songs")
     print(f"command: {' '.join(sys.argv)}", flush=True)
@@ -195,10 +251,18 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers, initializer=init, initargs=(args.melody_network,)) as ex:
         rows = [r for r in ex.map(song, range(1, args.last + 1), chunksize=10) if r is not None]
     print(f"{len(rows)} songs in {time.time() - t0:.0f} s", flush=True)
+    chorales = []
+    if args.bach_data is not None:
+        names = json.loads((args.bach_data / "pieces.json").read_text())["train"]
+        folder = bach_midi_dir()
+        with ProcessPoolExecutor(args.workers, initializer=init, initargs=([],)) as ex:
+            chorales = [r for r in ex.map(chorale, [folder / n for n in names]) if r is not None]
+        print(f"{len(chorales)} chorales (training split) in {time.time() - t0:.0f} s", flush=True)
     torch.set_num_threads(args.workers)
-    train = [r for r in rows if r["song"] <= args.train_last]
+    pop_train = [r for r in rows if r["song"] <= args.train_last]
     val = [r for r in rows if r["song"] > args.train_last]
-    x = np.concatenate([r["x"] for r in train])
+    x = np.concatenate([r["x"] for r in pop_train])  # standardised by the pop songs
+    train = pop_train + chorales
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     nets = tuple(fit_net(train, mean, std, args.epochs, seed) for seed in range(args.seeds))
     model = sn.StructureModel(
@@ -223,10 +287,15 @@ def main() -> None:
             )
             if best is None or f > best[0]:
                 best = (f, trial)
-    melody = args.melody_network.name if args.melody_network else "the shipped melody network"
+    melody = (
+        ", ".join(f"{stem.name} for {lo:03d}-{hi:03d}" for stem, lo, hi in args.melody_network)
+        or "the shipped melody network"
+    )
     note = (
         f"Fitted by benchmarks/fit_structure_model.py: {args.seeds} networks "
-        f"({args.epochs} epochs) and the length prior on POP909 001-{args.train_last:03d} "
+        f"({args.epochs} epochs) on POP909 001-{args.train_last:03d}"
+        + (f" and {len(chorales)} Bach chorales (training split, fermatas)" if chorales else "")
+        + f", the length prior on POP909 001-{args.train_last:03d} "
         f"(inferred beats, chords, melody by {melody}); DP balance chosen on "
         f"{args.train_last + 1:03d}-{args.last:03d} (boundary F3 {best[0]:.4f} there); "
         "701-800 never read."

@@ -24,6 +24,7 @@ from aurl.analysis.melody import (
     onset_groups,
     skyline,
     stage_probabilities,
+    top_line,
 )
 from aurl.analysis.melody import default_model as default_melody_model
 from aurl.analysis.melody_sequence import HOP, WINDOW, SequenceScorer, default_scorer
@@ -115,6 +116,22 @@ def test_sequence_network_rescores_the_stacked_scorer():
     assert final[is_mel].mean() > final[~is_mel].mean() + 0.3
 
 
+def test_a_file_without_dynamics_takes_its_top_voice():
+    # A four-voice hymn at one velocity (as music21 writes the Bach chorales): the soprano holds a
+    # half note while the alto moves in quarters under it; the tune is the soprano.
+    soprano = [(0, 1, 72), (1, 1, 74), (2, 2, 76), (4, 1, 74), (5, 1, 72), (6, 2, 71)]
+    alto = [(0, 1, 67), (1, 1, 67), (2, 1, 67), (3, 1, 69), (4, 2, 67), (6, 2, 67)]
+    lower = [(b, 2, p) for b, p in ((0, 60), (2, 60), (4, 55), (6, 55))]
+    lower += [(b, 2, p) for b, p in ((0, 48), (2, 52), (4, 53), (6, 43))]
+    notes = score_notes(make_score([(b, d, p, 90) for b, d, p in soprano + alto + lower]))
+    line = melody_notes(notes, extract_melody(notes=notes))
+    assert [(round(m.start * 2), m.pitch) for m in line] == [(b, p) for b, _, p in soprano]
+    # a velocity apart and the networks decide again (their answer differs from the top voice)
+    uneven = [(b, d, p, 90 if k else 91) for k, (b, d, p) in enumerate(soprano + alto + lower)]
+    notes = score_notes(make_score(uneven))
+    assert list(extract_melody(notes=notes)) != list(top_line(notes))
+
+
 def test_melody_line_is_monophonic():
     acc, melody = aaba()
     notes = score_notes(make_score(acc + melody))
@@ -130,9 +147,13 @@ def test_sections_of_an_aaba_song():
     chords = recognize_chords(notes=notes, beats=bt.beats, downbeats=bt.downbeats)
     line = melody_notes(notes, extract_melody(notes=notes))
     sections = find_sections(line, chords, bt.beats, bt.downbeats, notes.end)
-    assert [round(s.start, 3) for s in sections] == [0.0, 8.0, 16.0, 24.0]
-    labels = [s.label for s in sections]
-    assert labels[0] == labels[1] == labels[3] != labels[2]
+    starts = {round(s.start, 3): s.label for s in sections}
+    # The four 4-bar phrases start at 0, 8, 16 and 24 s. Tune A is itself 2 + 2 bars (its second
+    # bar ends on two half notes), and at this pace (2 s a bar, a chorale's) the boundary networks,
+    # fitted on pop songs and chorales, may also split an A in halves: only on the 2-bar grid.
+    assert {0.0, 8.0, 16.0, 24.0} <= set(starts)
+    assert all(t % 4.0 == 0.0 for t in starts)
+    assert starts[0.0] == starts[8.0] == starts[24.0] != starts[16.0]
 
 
 def test_planted_motif_is_found_at_every_transposition():
@@ -209,7 +230,7 @@ def test_bar_features_mark_a_repeat_after_a_rest():
     mel = np.concatenate([tune, tune])
     harm = np.tile(np.arange(4)[:, None], (2, 4))
     sim = similarity(mel, harm)
-    f = bar_features(mel, harm, sim, 0.6)
+    f = bar_features(mel, harm, sim, 0.6, 2.0)
     assert f.shape == (8, N_BAR_FEATURES)
     assert f[4, 0] == 1.0 and f[4, 1] == pytest.approx(4 / 32)  # rest before bar 4: 4 slots
     assert f[4, 5] == 1.0 and f[4, 6] == 1.0  # a repeated block starts at bar 4 (lag 4)
@@ -222,6 +243,7 @@ def test_bar_features_mark_a_repeat_after_a_rest():
     np.testing.assert_allclose(f[:, 18], 0.25)
     assert f[4, 24] == pytest.approx(1.0) and f[4, 22] < 0.6
     assert f[6, 27] == pytest.approx(1.0) and f[2, 27] < 0.6  # bar 2 is new material
+    np.testing.assert_allclose(f[:, 29], np.log(2.0))  # the pace: log seconds per bar
 
 
 def test_structure_model_round_trips_through_its_files(tmp_path):

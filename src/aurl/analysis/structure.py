@@ -9,10 +9,12 @@
    2, 4 and 8 bars, the bar count from the first melody bar modulo 4 and 8, the first melody bar
    and the bar after the last, a chord change at the bar line, a note held at the end of the bar
    before; then where repeated blocks of any lag start and stop (:func:`repeat_runs`), the bar's
-   similarity to the bars 1, 2, 4, 8 and 16 before it, and its best match earlier and later.
+   similarity to the bars 1, 2, 4, 8 and 16 before it, its best match earlier and later, and the
+   log of the bar length in seconds (the pace).
 4. Bidirectional GRUs read these features over all the bars of the piece
    (:mod:`aurl.analysis.structure_network`, ``data/structure_model.{json,safetensors}``, fitted on POP909 001-600 by
-   ``benchmarks/fit_structure_model.py``); their averaged output is a boundary logit per bar line.
+   ``benchmarks/fit_structure_model.py``, with the Bach chorales of the training split and their
+   fermatas); their averaged output is a boundary logit per bar line.
    They replaced a network over the features of bars i-2..i+2 only: boundary F3 on 601-700
    0.631 -> 0.72 (BENCHMARKS.md).
 5. A dynamic programme picks the phrase starts maximising the boundary logits (plus ``offset``)
@@ -34,7 +36,7 @@ if TYPE_CHECKING:  # the networks need torch, imported when a piece is segmented
     from aurl.analysis.structure_network import StructureModel
 
 SLOTS_PER_BEAT = 2
-N_BAR_FEATURES = 29  # columns of :func:`bar_features`
+N_BAR_FEATURES = 30  # columns of :func:`bar_features`
 SIM_LAGS = (1, 2, 4, 8, 16)  # bar i's similarity to bar i - lag is a feature
 
 
@@ -71,12 +73,11 @@ def bar_melody(
     ok = (j >= 0) & (sub < mel_off[np.maximum(j, 0)])
     slot_pitch = np.where(ok, mel_pitch[np.maximum(j, 0)], -1)
     bpb = int(np.median(np.diff(bar_idx))) if len(bar_idx) > 1 else 4
-    rows = []
-    for b in bar_idx:
-        a = b * SLOTS_PER_BEAT
-        row = slot_pitch[a : a + bpb * SLOTS_PER_BEAT]
-        rows.append(np.pad(row, (0, bpb * SLOTS_PER_BEAT - len(row)), constant_values=-1))
-    return np.asarray(rows) if rows else np.zeros((0, bpb * SLOTS_PER_BEAT), dtype=np.int64)
+    at = np.asarray(bar_idx, dtype=np.int64)[:, None] * SLOTS_PER_BEAT + np.arange(
+        bpb * SLOTS_PER_BEAT
+    )
+    inside = at < len(slot_pitch)  # slots past the end of the grid are rests
+    return np.where(inside, slot_pitch[np.minimum(at, len(slot_pitch) - 1)], -1).astype(np.int64)
 
 
 def bar_harmony(chords: list, beats: np.ndarray, bar_idx: np.ndarray, bpb: int) -> np.ndarray:
@@ -86,14 +87,10 @@ def bar_harmony(chords: list, beats: np.ndarray, bar_idx: np.ndarray, bpb: int) 
     ch_lab = np.array([ch_id[c.label] for c in chords]) if chords else np.zeros(1, dtype=int)
     period = float(np.median(np.diff(beats))) if len(beats) > 1 else 0.5
     beat_t = np.concatenate([beats, beats[-1] + period * np.arange(1, bpb + 1)])
-    harm = np.zeros((len(bar_idx), bpb), dtype=np.int64)
-    for r, b in enumerate(bar_idx):
-        t = beat_t[b : b + bpb] + 1e-3
-        t = np.pad(t, (0, bpb - len(t)), mode="edge")
-        harm[r] = ch_lab[
-            np.clip(np.searchsorted(ch_start, t, side="right") - 1, 0, len(ch_lab) - 1)
-        ]
-    return harm
+    at = np.asarray(bar_idx, dtype=np.int64)[:, None] + np.arange(bpb)
+    t = beat_t[np.minimum(at, len(beat_t) - 1)] + 1e-3  # past the end: the last beat again
+    k = np.clip(np.searchsorted(ch_start, t, side="right") - 1, 0, len(ch_lab) - 1)
+    return ch_lab[k].astype(np.int64).reshape(len(bar_idx), bpb)
 
 
 def similarity(mel: np.ndarray, harm: np.ndarray) -> np.ndarray:
@@ -161,8 +158,15 @@ def repeat_runs(sim: np.ndarray, min_sim: float) -> np.ndarray:
     return out[:n]
 
 
-def bar_features(mel: np.ndarray, harm: np.ndarray, sim: np.ndarray, min_sim: float) -> np.ndarray:
-    """(bars, 29) evidence that a phrase starts at each bar line (see the module docstring)."""
+def bar_features(
+    mel: np.ndarray, harm: np.ndarray, sim: np.ndarray, min_sim: float, bar_seconds: float
+) -> np.ndarray:
+    """(bars, 30) evidence that a phrase starts at each bar line (see the module docstring).
+
+    ``bar_seconds``: the median bar length; its log is the last column (the same in every bar).
+    Chorale phrases last 1-2 bars of ~2 s, pop phrases 4-8 bars of ~2-3 s: fitted on both, the
+    network needs the pace to tell them apart.
+    """
     n, slots = mel.shape
     has = (mel >= 0).any(axis=1)
     first = int(np.argmax(has)) if has.any() else 0
@@ -211,6 +215,7 @@ def bar_features(mel: np.ndarray, harm: np.ndarray, sim: np.ndarray, min_sim: fl
     lagged = [np.where(idx >= lag, sim[idx, np.maximum(idx - lag, 0)], 0.0) for lag in SIM_LAGS]
     cols += [*repeat_runs(sim, min_sim).T, *repeat_runs(sim, 0.8).T, *lagged]
     cols += [np.tril(sim, -1).max(axis=1), np.triu(sim, 1).max(axis=1)]
+    cols.append(np.full(n, np.log(max(bar_seconds, 0.1))))
     return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
 
 
@@ -305,7 +310,8 @@ def find_sections(
         model = default_model()
     weight = model.length_weight if cfg.length_weight is None else cfg.length_weight
     offset = model.offset if cfg.offset is None else cfg.offset
-    logits = model.logits(bar_features(mel, harm, sim, cfg.min_sim)) + offset
+    bar_seconds = float(np.median(np.diff(downbeats)))
+    logits = model.logits(bar_features(mel, harm, sim, cfg.min_sim, bar_seconds)) + offset
     starts = segment_bars(logits, model.length_logp, weight)
     labels = label_segments(sim, starts, len(bar_idx), mel, cfg)
     times = [float(downbeats[s]) for s in starts]
