@@ -1,23 +1,30 @@
 """Fit the phrase-boundary networks shipped as ``src/aurl/analysis/data/structure_model.*``.
 
     .venv/bin/python benchmarks/fit_melody_sequence.py --out /tmp/melody_600   # 001-600 melody net
-    .venv/bin/python benchmarks/fit_structure_model.py --melody-network /tmp/melody_600
+    .venv/bin/aurl prepare bach --out data/bach                                # the Bach splits
+    .venv/bin/python benchmarks/fit_structure_model.py --melody-network /tmp/melody_600  # ~7 min
 
 POP909 songs merged into one track; beats, bars, melody and chords all INFERRED with the shipped
-analyzers, as at analysis time. The melody line comes from ``--melody-network`` when given: the
-shipped melody network was fitted on 001-700, so on the tuning songs 601-700 its line is
-in-sample and cleaner than on a user's file; the 001-600 network (``fit_melody_sequence.py``'s
-default run) keeps 601-700 honest. Without the option the shipped network is used.
+analyzers, as at analysis time. The melody line comes from ``--melody-network STEM[:A-B]`` when
+given: the shipped melody network was fitted on 001-700, so on the tuning songs 601-700 its line
+is in-sample and cleaner than on a user's file; the 001-600 network (``fit_melody_sequence.py``'s
+default run) keeps 601-700 honest. Cross-fitted networks (``fit_melody_sequence.py --skip-train``,
+one per song range) were tried for the training songs too: 601-700 boundary F3 0.728 vs 0.731, so
+the shipped fit uses the 001-600 network for every song.
 
 Each inferred bar line gets ``structure.bar_features``; its target is the share of the two
 annotators (``structure.json``; only annotator 2 for song 062, whose label 1 is corrupt) who put a
-phrase boundary nearest to it. ``--seeds`` bidirectional GRUs over the bars of a song
-(``structure_network.BoundaryGRU``) are fitted on songs 001-600 (binary cross-entropy, Adam, 8 songs a
-batch, ``--epochs`` passes: 15 was the best checkpoint of 5/10/15/20/25 on 601-700); their logits
-are averaged. The phrase-length prior is the log frequency of phrase lengths (1-20 bars, add-one)
-in both annotators' strings of 001-600. The DP's balance (length weight, logit offset) is then
-chosen on 601-700 by the mean boundary F at 3 s against annotator 1 (as in ``bench_analysis.py``).
-Songs 701-800 (held out) are never read.
+phrase boundary nearest to it. The Bach chorales of the prepared dataset's training split
+(``--bach-data``) join the training songs: their targets are the bar lines nearest the ends of
+the soprano's fermatas (music21's scores), their melody the top voice (the files carry no
+dynamics). ``--seeds`` bidirectional GRUs over the bars of a piece
+(``structure_network.BoundaryGRU``) are fitted (binary cross-entropy, Adam, 8 pieces a batch,
+``--epochs`` passes: 15 was the best checkpoint of 5/10/15/20/25 on 601-700); their logits are
+averaged. The phrase-length prior is the log frequency of phrase lengths (1-20 bars, add-one) in
+both annotators' strings of 001-600. The DP's balance (length weight, logit offset) is then chosen
+on POP909 601-700 by the mean boundary F at 3 s against annotator 1 (as in
+``bench_analysis.py``). Songs 701-800 (held out) and the chorales of the validation and test
+splits (``bench_bach_phrases.py``) are never read.
 """
 
 from __future__ import annotations

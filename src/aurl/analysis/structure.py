@@ -15,8 +15,9 @@
    (:mod:`aurl.analysis.structure_network`, ``data/structure_model.{json,safetensors}``, fitted on POP909 001-600 by
    ``benchmarks/fit_structure_model.py``, with the Bach chorales of the training split and their
    fermatas); their averaged output is a boundary logit per bar line.
-   They replaced a network over the features of bars i-2..i+2 only: boundary F3 on 601-700
-   0.631 -> 0.72 (BENCHMARKS.md).
+   They replaced a network over the features of bars i-2..i+2 only: boundary F3 on POP909
+   601-700 0.631 -> 0.727; Bach chorale phrase ends (fermatas, validation and test splits) F 0.10
+   -> 0.55 (BENCHMARKS.md).
 5. A dynamic programme picks the phrase starts maximising the boundary logits (plus ``offset``)
    plus ``length_weight`` x the log frequency of each phrase length in bars in the annotations of
    POP909 001-600 (4 and 8 bars dominate; Dai, Zhang & Dannenberg 2020).
