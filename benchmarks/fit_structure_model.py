@@ -54,6 +54,7 @@ from aurl.analysis.chords import recognize_chords
 from aurl.analysis.melody import (
     default_model,
     extract_melody,
+    has_dynamics,
     melody_notes,
     note_features,
     onset_groups,
@@ -105,7 +106,7 @@ def bar_inputs(score, melody_scorer) -> dict | None:
     """Inferred beats, bars, melody and chords of ``score`` -> the boundary network's inputs."""
     notes = score_notes(score)
     x = note_features(notes)
-    if notes.velocity.min() == notes.velocity.max():  # as extract_melody: no dynamics, top voice
+    if not has_dynamics(notes):  # extract_melody takes the top voice
         mel_idx = extract_melody(notes=notes)
     else:
         stacked = stage_probabilities(notes, default_model(), x)[-1]

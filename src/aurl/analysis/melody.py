@@ -302,7 +302,7 @@ def extract_melody(
     if len(notes) == 0:
         return np.zeros(0, dtype=np.int64)
     cfg = cfg or MelodyConfig()
-    if prob is None and model is None and notes.velocity.min() == notes.velocity.max():
+    if prob is None and model is None and not has_dynamics(notes):
         # No dynamics at all (notation exports: music21, MuseScore, step-entered MIDI). The
         # networks learned the tune from performances, where it is played out; on such files they
         # find next to nothing (Bach chorales from music21, one velocity: the line was empty in
@@ -360,6 +360,11 @@ def skyline(notes: NoteArray) -> np.ndarray:
     g = onset_groups(notes)
     order = np.lexsort((notes.pitch, g))
     return order[np.r_[np.flatnonzero(np.diff(g[order])), len(order) - 1]]
+
+
+def has_dynamics(notes: NoteArray) -> bool:
+    """Whether the notes carry more than one velocity (see :func:`extract_melody`)."""
+    return len(notes) > 0 and int(notes.velocity.min()) != int(notes.velocity.max())
 
 
 def top_line(notes: NoteArray) -> np.ndarray:

@@ -12,9 +12,9 @@
    similarity to the bars 1, 2, 4, 8 and 16 before it, its best match earlier and later, and the
    log of the bar length in seconds (the pace).
 4. Bidirectional GRUs read these features over all the bars of the piece
-   (:mod:`aurl.analysis.structure_network`, ``data/structure_model.{json,safetensors}``, fitted on POP909 001-600 by
-   ``benchmarks/fit_structure_model.py``, with the Bach chorales of the training split and their
-   fermatas); their averaged output is a boundary logit per bar line.
+   (:mod:`aurl.analysis.structure_network`, ``data/structure_model.{json,safetensors}``, fitted
+   on POP909 001-600 and the Bach chorales of the training split with their fermatas by
+   ``benchmarks/fit_structure_model.py``); their averaged output is a boundary logit per bar line.
    They replaced a network over the features of bars i-2..i+2 only: boundary F3 on POP909
    601-700 0.631 -> 0.727; Bach chorale phrase ends (fermatas, validation and test splits) F 0.10
    -> 0.55 (BENCHMARKS.md).
