@@ -54,11 +54,11 @@ from aurl.analysis.chords import recognize_chords
 from aurl.analysis.melody import (
     default_model,
     extract_melody,
-    has_dynamics,
     melody_notes,
     note_features,
     onset_groups,
     stage_probabilities,
+    velocity_separates_voices,
 )
 from aurl.analysis.melody_sequence import default_scorer, load_scorer
 from aurl.analysis.notes import score_notes
@@ -106,7 +106,7 @@ def bar_inputs(score, melody_scorer) -> dict | None:
     """Inferred beats, bars, melody and chords of ``score`` -> the boundary network's inputs."""
     notes = score_notes(score)
     x = note_features(notes)
-    if not has_dynamics(notes):  # extract_melody takes the top voice
+    if not velocity_separates_voices(notes):  # extract_melody takes the top voice
         mel_idx = extract_melody(notes=notes)
     else:
         stacked = stage_probabilities(notes, default_model(), x)[-1]
