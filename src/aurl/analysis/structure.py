@@ -268,9 +268,12 @@ def label_segments(
                 continue
             m = min(b - a, rb - ra)
             for shift in (-1, 0, 1):
-                k = np.arange(m)
-                k = k[(ra + k + shift >= 0) & (ra + k + shift < n)]
-                if len(k) and (s := float(sim[a + k, ra + k + shift].mean())) >= best:
+                k0, k1 = max(0, -(ra + shift)), min(m, n - ra - shift)  # bars inside the piece
+                if k1 <= k0:
+                    continue
+                c = ra + shift
+                s = float(np.trace(sim[a + k0 : a + k1, c + k0 : c + k1])) / (k1 - k0)
+                if s >= best:
                     best, chosen = s, letter_idx
         if chosen is None:
             chosen, letters = letters, letters + 1
