@@ -156,18 +156,23 @@ def viterbi(
 ) -> np.ndarray:
     """Best state path; ``pos[t]`` is the bar position of segment t (selects P(change))."""
     S, K = log_em.shape
-    lc = log_change[pos]
-    ls = np.log1p(-np.exp(log_change))[pos]
+    # One (from, to) log-transition matrix per bar position: a change costs log P(change) plus
+    # the move; staying costs log P(no change) (or the same-state move, if that scores higher)
+    # and sits on the diagonal. Four numpy calls a step instead of eight: the loop's overhead,
+    # not its arithmetic, is the cost (7.6 -> 5.6 ms a song on POP909 701-800, identical paths).
+    # An exact tie between staying and a change from a lower-numbered state now goes to the
+    # change (argmax takes the first); staying used to win it.
+    states = np.arange(K)
+    trans = move[None, :, :] + log_change[:, None, None]  # (positions, from, to)
+    stay = np.log1p(-np.exp(log_change))
+    trans[:, states, states] = np.maximum(trans[:, states, states], stay[:, None])
     delta = log_em[0].copy()
     back = np.zeros((S, K), dtype=np.int32)
     for t in range(1, S):
-        cand = delta[:, None] + move + lc[t]  # (from, to)
+        cand = delta[:, None] + trans[pos[t]]  # (from, to)
         best_from = np.argmax(cand, axis=0)
-        best = cand[best_from, np.arange(K)]
-        stay = delta + ls[t]
-        use_stay = stay >= best
-        back[t] = np.where(use_stay, np.arange(K), best_from)
-        delta = np.where(use_stay, stay, best) + log_em[t]
+        back[t] = best_from
+        delta = cand[best_from, states] + log_em[t]
     path = np.zeros(S, dtype=np.int64)
     path[-1] = int(np.argmax(delta))
     for t in range(S - 1, 0, -1):
