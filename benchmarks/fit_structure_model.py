@@ -105,10 +105,10 @@ def annotated(i: int) -> dict:
 def bar_inputs(score, melody_scorer) -> dict | None:
     """Inferred beats, bars, melody and chords of ``score`` -> the boundary network's inputs."""
     notes = score_notes(score)
-    x = note_features(notes)
     if not velocity_separates_voices(notes):  # extract_melody takes the top voice
         mel_idx = extract_melody(notes=notes)
     else:
+        x = note_features(notes)
         stacked = stage_probabilities(notes, default_model(), x)[-1]
         prob = melody_scorer.probability(notes, x, onset_groups(notes), stacked)
         mel_idx = extract_melody(notes=notes, prob=prob, threshold=melody_scorer.threshold)
@@ -117,18 +117,9 @@ def bar_inputs(score, melody_scorer) -> dict | None:
         return None
     chords = recognize_chords(notes=notes, beats=bt.beats, downbeats=bt.downbeats)
     line = melody_notes(notes, mel_idx)
-    bar_idx = np.searchsorted(bt.beats, bt.downbeats - 1e-6)
-    mel = st.bar_melody(
-        np.array([m.start for m in line]),
-        np.array([m.end for m in line]),
-        np.array([m.pitch for m in line]),
-        bt.beats,
-        bar_idx,
+    mel, sim, feats = st.bar_evidence(
+        line, chords, bt.beats, bt.downbeats, st.StructureConfig().min_sim
     )
-    harm = st.bar_harmony(chords, bt.beats, bar_idx, mel.shape[1] // st.SLOTS_PER_BEAT)
-    sim = st.similarity(mel, harm)
-    bar_seconds = float(np.median(np.diff(bt.downbeats)))
-    feats = st.bar_features(mel, harm, sim, st.StructureConfig().min_sim, bar_seconds)
     return {"x": feats, "sim": sim, "mel": mel, "downbeats": bt.downbeats, "end": notes.end}
 
 

@@ -129,17 +129,15 @@ def _foote(sim: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def repeat_runs(sim: np.ndarray, min_sim: float) -> np.ndarray:
-    """(bars, 3) where repeated blocks start, end and lie, weighted by block length.
+def diagonal_runs(sim: np.ndarray, min_sim: float) -> tuple[np.ndarray, ...]:
+    """Cells of repeated blocks: runs of >= 2 bars along a diagonal of ``sim`` at ``min_sim`` or
+    above (bar i repeats bar j for consecutive i, j; i > j).
 
-    A block is a run of >= 2 bars along a diagonal of ``sim`` (bar k + lag repeats bar k for
-    consecutive k) at ``min_sim`` or above. Both copies count. Columns: a block starts at this
-    bar; a block ended at the bar before (so this bar line is where the repetition stops); the
-    bar lies inside a block. The weight is min(block length, 16) / 16, the largest over blocks.
+    Returns ``(i, j, length, first, last)`` per cell: the run's length and whether the cell opens
+    or closes it.
     """
     n = len(sim)
-    out = np.zeros((n + 1, 3))
-    hit = np.tril(sim >= min_sim, -1)  # hit[i, j]: bar i repeats bar j (i > j)
+    hit = np.tril(sim >= min_sim, -1)
     # Lengths of the diagonal runs, counted forward to and backward from each cell.
     fwd, bwd = np.zeros((n + 1, n + 1)), np.zeros((n + 2, n + 2))
     for i in range(n):
@@ -147,13 +145,27 @@ def repeat_runs(sim: np.ndarray, min_sim: float) -> np.ndarray:
     for i in range(n - 1, -1, -1):
         bwd[i, :n] = np.where(hit[i], bwd[i + 1, 1 : n + 1] + 1, 0)
     total = fwd[1:, 1:] + bwd[:n, :n] - 1  # length of the run through each cell
-    weight = np.where(hit & (total >= 2), np.minimum(total, 16) / 16, 0.0)
-    ii, jj = np.nonzero(weight)
-    w = weight[ii, jj]
-    start = fwd[ii + 1, jj + 1] == 1
-    end = bwd[ii, jj] == 1
-    for rows, col in ((ii[start], 0), (jj[start], 0), (ii[end] + 1, 1), (jj[end] + 1, 1)):
-        np.maximum.at(out[:, col], rows, w[start] if col == 0 else w[end])
+    ii, jj = np.nonzero(hit & (total >= 2))
+    return ii, jj, total[ii, jj], fwd[ii + 1, jj + 1] == 1, bwd[ii, jj] == 1
+
+
+def repeat_runs(sim: np.ndarray, min_sim: float) -> np.ndarray:
+    """(bars, 3) where repeated blocks (:func:`diagonal_runs`) start, end and lie.
+
+    Both copies count. Columns: a block starts at this bar; a block ended at the bar before (so
+    this bar line is where the repetition stops); the bar lies inside a block. The weight is
+    min(block length, 16) / 16, the largest over blocks.
+    """
+    return run_columns(diagonal_runs(sim, min_sim), len(sim))
+
+
+def run_columns(runs: tuple[np.ndarray, ...], n: int) -> np.ndarray:
+    """:func:`repeat_runs` from the cells :func:`diagonal_runs` found in ``n`` bars."""
+    out = np.zeros((n + 1, 3))
+    ii, jj, length, first, last = runs
+    w = np.minimum(length, 16) / 16
+    for rows, col, sel in ((ii, 0, first), (jj, 0, first), (ii + 1, 1, last), (jj + 1, 1, last)):
+        np.maximum.at(out[:, col], rows[sel], w[sel])
     np.maximum.at(out[:, 2], ii, w)
     np.maximum.at(out[:, 2], jj, w)
     return out[:n]
@@ -179,13 +191,12 @@ def bar_features(
         silent_run[k + 1] = 0.0 if on else silent_run[k] + 1
     rest_before = np.minimum(silent_run[np.arange(n) * slots], 4 * slots) / (4 * slots)
     rep, rep4 = np.zeros(n), np.zeros(n)
-    for lag in range(2, n):
-        hit = np.diagonal(sim, offset=-lag) >= min_sim  # hit[k]: bar k + lag repeats bar k
-        start = hit & ~np.r_[False, hit[:-1]] & np.r_[hit[1:], False]  # a block of >= 2 bars
-        idx = np.flatnonzero(start)
-        for r in (rep, rep4) if lag % 4 == 0 else (rep,):
-            r[idx + lag] = 1.0
-            r[idx] = 1.0
+    runs = diagonal_runs(sim, min_sim)
+    ii, jj, _, opens, _ = runs
+    lag = ii - jj
+    for r, sel in ((rep, opens & (lag >= 2)), (rep4, opens & (lag >= 2) & (lag % 4 == 0))):
+        r[ii[sel]] = 1.0  # both copies of a repeated block start here
+        r[jj[sel]] = 1.0
     k = np.arange(n) - first
     prev_has = np.r_[False, has[:-1]]
     last_beat_silent = np.r_[False, (mel[:-1, -SLOTS_PER_BEAT:] < 0).all(axis=1)]
@@ -214,7 +225,7 @@ def bar_features(
     # and later (new material or not).
     idx = np.arange(n)
     lagged = [np.where(idx >= lag, sim[idx, np.maximum(idx - lag, 0)], 0.0) for lag in SIM_LAGS]
-    cols += [*repeat_runs(sim, min_sim).T, *repeat_runs(sim, 0.8).T, *lagged]
+    cols += [*run_columns(runs, n).T, *repeat_runs(sim, 0.8).T, *lagged]
     cols += [np.tril(sim, -1).max(axis=1), np.triu(sim, 1).max(axis=1)]
     cols.append(np.full(n, np.log(max(bar_seconds, 0.1))))
     return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
@@ -283,6 +294,27 @@ def label_segments(
     return labels
 
 
+def bar_evidence(
+    melody: list, chords: list, beats: np.ndarray, downbeats: np.ndarray, min_sim: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per bar: the melody slots, the bar-to-bar similarity and :func:`bar_features`."""
+    bar_idx = np.searchsorted(beats, downbeats - 1e-6)
+    if len(melody) == 0:
+        mel = np.full((len(bar_idx), 8), -1)
+    else:
+        mel = bar_melody(
+            np.array([m.start for m in melody]),
+            np.array([m.end for m in melody]),
+            np.array([m.pitch for m in melody]),
+            beats,
+            bar_idx,
+        )
+    harm = bar_harmony(chords, beats, bar_idx, mel.shape[1] // SLOTS_PER_BEAT)
+    sim = similarity(mel, harm)
+    bar_seconds = float(np.median(np.diff(downbeats)))
+    return mel, sim, bar_features(mel, harm, sim, min_sim, bar_seconds)
+
+
 def find_sections(
     melody: list,
     chords: list,
@@ -296,28 +328,15 @@ def find_sections(
     cfg = cfg or StructureConfig()
     if len(beats) < 4 or len(downbeats) < 2:
         return [Section(0.0, end, "A")] if end > 0 else []
-    bar_idx = np.searchsorted(beats, downbeats - 1e-6)
-    mel_on = np.array([m.start for m in melody])
-    mel_off = np.array([m.end for m in melody])
-    mel_p = np.array([m.pitch for m in melody])
-    if len(melody) == 0:
-        mel_on = mel_off = mel_p = np.zeros(0)
-        mel = np.full((len(bar_idx), 8), -1)
-    else:
-        mel = bar_melody(mel_on, mel_off, mel_p, beats, bar_idx)
-    bpb = mel.shape[1] // SLOTS_PER_BEAT
-    harm = bar_harmony(chords, beats, bar_idx, bpb)
-    sim = similarity(mel, harm)
+    mel, sim, feats = bar_evidence(melody, chords, beats, downbeats, cfg.min_sim)
     if model is None:
         from aurl.analysis.structure_network import default_model
 
         model = default_model()
     weight = model.length_weight if cfg.length_weight is None else cfg.length_weight
     offset = model.offset if cfg.offset is None else cfg.offset
-    bar_seconds = float(np.median(np.diff(downbeats)))
-    logits = model.logits(bar_features(mel, harm, sim, cfg.min_sim, bar_seconds)) + offset
-    starts = segment_bars(logits, model.length_logp, weight)
-    labels = label_segments(sim, starts, len(bar_idx), mel, cfg)
+    starts = segment_bars(model.logits(feats) + offset, model.length_logp, weight)
+    labels = label_segments(sim, starts, len(mel), mel, cfg)
     times = [float(downbeats[s]) for s in starts]
     times[0] = 0.0
     out = []
