@@ -190,7 +190,7 @@ def evaluate_song(i: int) -> dict:
     ks = estimate_keys(
         notes=notes,
         beats=est_beats,
-        cfg=KeyConfig(profiles="krumhansl", bass_weight=0.0, change_penalty=1e9),
+        cfg=KeyConfig(method="profiles", profiles="krumhansl", bass_weight=0.0, change_penalty=1e9),
     )
     out["floor_key_krumhansl_global"] = key_accuracy(
         kiv, klab, [{"start": k.start, "end": k.end, "label": k.label} for k in ks]

@@ -10,6 +10,11 @@ ends of the soprano's fermata notes in music21's score of the same chorale. Boun
 at the files' 120 quarter notes a minute: a phrase that ends on beat 3 and restarts on the bar
 line after a one-beat pickup counts as found. Floors from the same run: a boundary every 2 bars
 and every 4 bars of the inferred bars.
+
+The same run checks the global key (the key covering most time) of the default analysis and of the
+profile HMM (``KeyConfig(method="profiles")``) against the key the notation states: key signature
+plus the bass's last note (``notated_key``; chorales whose bass ends on neither the signature's
+major tonic nor its relative minor are left out). Neither key method was fitted on chorales.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 import mir_eval
 import numpy as np
 
+from aurl.analysis.key import KeyConfig, estimate_keys, global_key
+from aurl.analysis.notes import score_notes
 from aurl.analysis.run import analyze_score, one_thread_worker
 from aurl.data.corpus import bach_midi_dir
 from aurl.data.midi_io import load_score
@@ -48,6 +55,29 @@ def fermata_ends(stream) -> np.ndarray:
     )
 
 
+def notated_key(stream) -> str | None:
+    """The key the notation states: key signature plus the bass's last note.
+
+    The tonic is the signature's major tonic or its relative minor, whichever the bass ends on;
+    None when it ends on neither (a modal or half-cadence ending), so those chorales are skipped.
+    """
+    import music21
+
+    sigs = stream.flatten().getElementsByClass(music21.key.KeySignature)
+    bass = stream.parts[-1].flatten().notes
+    if not sigs or not bass:
+        return None
+    last = bass[-1]
+    pc = min(last.pitches).pitchClass if last.isChord else last.pitch.pitchClass
+    major = (7 * sigs[0].sharps) % 12
+    tonics = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+    if pc == major:
+        return f"{tonics[pc]}:maj"
+    if pc == (major + 9) % 12:
+        return f"{tonics[pc]}:min"
+    return None
+
+
 def boundary_f(ref_ends: np.ndarray, est_starts: list[float], end: float) -> float:
     ref = np.array([[0.0, *ref_ends], [*ref_ends, end]]).T
     est = np.array([[0.0, *est_starts], [*est_starts, end]]).T
@@ -58,15 +88,19 @@ def one(path: Path) -> dict | None:
     import music21
 
     score, _ = load_score(path)
+    chorale = music21.corpus.parse(f"bach/{path.stem}")
     seconds = 60.0 / (score.tempos[0].qpm if len(score.tempos) else 120.0)
     res = analyze_score(score)
     end = float(score.to("second").end())
-    ref = fermata_ends(music21.corpus.parse(f"bach/{path.stem}")) * seconds
+    ref = fermata_ends(chorale) * seconds
     ref = ref[(ref > 0.3) & (ref < end - 0.5)]
     if len(ref) == 0:
         return None
     ours = [s["start"] for s in res["sections"][1:]]
     down = np.asarray(res["downbeats"])
+    profile_keys = estimate_keys(
+        notes=score_notes(score), beats=np.asarray(res["beats"]), cfg=KeyConfig(method="profiles")
+    )
     return {
         "piece": path.name,
         "fermatas": len(ref),
@@ -75,6 +109,9 @@ def one(path: Path) -> dict | None:
         "f": boundary_f(ref, ours, end),
         "floor_every_2_bars": boundary_f(ref, list(down[2:-1:2]), end),
         "floor_every_4_bars": boundary_f(ref, list(down[4:-1:4]), end),
+        "notated_key": notated_key(chorale),
+        "global_key": res["global_key"],
+        "global_key_profiles": global_key(profile_keys),
     }
 
 
@@ -98,6 +135,13 @@ def main() -> None:
             k: round(float(np.mean([r[k] for r in rows])), 4)
             for k in ("f", "floor_every_2_bars", "floor_every_4_bars", "fermatas", "boundaries")
         },
+        **{
+            f"{k}_matches_notated": round(
+                float(np.mean([r[k] == r["notated_key"] for r in rows if r["notated_key"]])), 4
+            )
+            for k in ("global_key", "global_key_profiles")
+        },
+        "pieces_with_notated_key": sum(bool(r["notated_key"]) for r in rows),
         "pieces_without_melody": sum(r["melody_notes"] == 0 for r in rows),
         "seconds": round(time.time() - t0, 1),
     }

@@ -81,5 +81,51 @@ def test_every_profile_set_finds_the_key_of_a_plain_cadence():
     score = make_score(progression(cadence(5) * 4))
     notes = score_notes(score)
     for name in ("krumhansl", "temperley", "albrecht", "pop909"):
-        keys = estimate_keys(notes=notes, beats=np.arange(0, 32, 0.5), cfg=KeyConfig(profiles=name))
+        keys = estimate_keys(
+            notes=notes,
+            beats=np.arange(0, 32, 0.5),
+            cfg=KeyConfig(method="profiles", profiles=name),
+        )
         assert global_key(keys) == "F:maj", name
+
+
+def test_key_config_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        KeyConfig(method="guess")
+
+
+def test_key_network_is_transposition_equivariant():
+    """Moving every pitch up k semitones moves every beat's key scores up k tonics, exactly."""
+    from aurl.analysis.chords import bar_positions, beat_features, segment_bounds
+    from aurl.analysis.key_network import default_model
+
+    model = default_model()
+    notes = score_notes(make_score(progression(cadence(9, "min") * 2 + cadence(0) * 2)))
+    bounds = segment_bounds(np.arange(0, 32, 0.5), notes.end)
+    feats, extra = beat_features(notes, bounds)
+    pos = bar_positions(bounds[:-1], np.arange(0, 32, 2.0))
+    lp = model.log_probs(feats, extra, pos)
+    for k in (1, 5):
+        moved = np.roll(feats.reshape(-1, 3, 12), k, axis=2).reshape(len(feats), 36)
+        lp_k = model.log_probs(moved, extra, pos)
+        want = np.concatenate([np.roll(lp[:, :12], k, axis=1), np.roll(lp[:, 12:], k, axis=1)], 1)
+        np.testing.assert_allclose(lp_k, want, atol=1e-4)
+
+
+def test_key_network_round_trips_through_its_files(tmp_path):
+    import json
+
+    from aurl.analysis.key_network import KeyNetwork, default_model
+
+    model = default_model()
+    model.to_files(tmp_path / "k", note="test")
+    back = KeyNetwork.from_bytes(
+        json.loads((tmp_path / "k.json").read_text()), (tmp_path / "k.safetensors").read_bytes()
+    )
+    assert (back.window_beats, back.change_penalty) == (model.window_beats, model.change_penalty)
+    rng = np.random.default_rng(0)
+    feats, extra = rng.random((40, 36)), rng.random((40, 3))
+    pos = np.arange(40) % 4
+    np.testing.assert_allclose(
+        back.log_probs(feats, extra, pos), model.log_probs(feats, extra, pos), atol=1e-6
+    )

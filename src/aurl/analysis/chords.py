@@ -266,7 +266,7 @@ def bar_positions(starts: np.ndarray, downbeats: np.ndarray | None) -> np.ndarra
 
 def _segments(bass: np.ndarray, bounds: np.ndarray, path: np.ndarray) -> list[ChordSegment]:
     """Runs of equal (chord, bass degree); a bass run shorter than 2 beats joins the run before it."""
-    inv = [_inversion(bass[t], int(path[t])) for t in range(len(path))]
+    inv = _inversions(bass, path)
     for t in range(1, len(path)):
         if path[t] != path[t - 1]:
             continue
@@ -286,13 +286,18 @@ def _segments(bass: np.ndarray, bounds: np.ndarray, path: np.ndarray) -> list[Ch
     return out
 
 
-def _inversion(bass_profile: np.ndarray, state: int) -> str:
-    """``/3``-style suffix when the bass profile's strongest pitch class is a non-root chord tone."""
-    if state >= 12 * Q or bass_profile.sum() <= 0:
-        return ""
-    iv = (int(np.argmax(bass_profile)) - state // Q) % 12
-    tones = QUALITIES[QUALITY_NAMES[state % Q]]
-    return f"/{BASS_DEGREE[iv]}" if iv != 0 and iv in tones else ""
+def _inversions(bass: np.ndarray, path: np.ndarray) -> list[str]:
+    """Per segment, a ``/3``-style suffix when the bass profile's strongest pitch class is a
+    non-root tone of the segment's chord (one vectorised pass; a per-segment loop of argmax calls
+    cost 1.5 ms a song)."""
+    tone_table = np.zeros((Q, 12), dtype=bool)  # quality, interval -> chord tone
+    for qi, tones in enumerate(QUALITIES.values()):
+        tone_table[qi, list(tones)] = True
+    chord = path < 12 * Q
+    q = np.where(chord, path % Q, 0)
+    iv = (np.argmax(bass, axis=1) - np.where(chord, path // Q, 0)) % 12
+    has = chord & (bass.sum(axis=1) > 0) & (iv != 0) & tone_table[q, iv]
+    return [f"/{BASS_DEGREE[int(i)]}" if h else "" for i, h in zip(iv, has, strict=True)]
 
 
 __all__ = ["ChordModel", "ChordSegment", "overlap_matrix", "recognize_chords"]

@@ -1,6 +1,13 @@
-"""Global key and key-change segmentation: an HMM over 24 keys whose emissions are key profiles.
+"""Global key and key-change segmentation over 24 keys (12 tonics x major/minor).
 
-Per beat, a pitch-class profile (time-weighted, plus the bass profile times ``bass_weight``);
+Two methods (``KeyConfig.method``):
+
+- ``network`` (default): the transposition-equivariant convolution of
+  :mod:`aurl.analysis.key_network` scores every beat; the scores summed over windows of a few beats
+  go through a Viterbi with a penalty per key change. Fitted on POP909 001-700 and the Bach
+  training chorales; on POP909 601-700 (fitted on 001-600) 0.930 against 0.921 for the profile
+  HMM below (BENCHMARKS.md, "Analysis").
+- ``profiles``: an HMM whose emissions are key profiles, as follows. Per beat, a pitch-class profile (time-weighted, plus the bass profile times ``bass_weight``);
 profiles summed over windows of ``window_beats``; each window scored against the 24 rotated key
 profiles by Pearson correlation (Krumhansl–Schmuckler style); Viterbi with a key-change penalty
 per window gives the segmentation. Profile sets (all 12 values from the tonic up):
@@ -53,6 +60,7 @@ BASS_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 class KeyConfig:
     """How the key is estimated; defaults tuned on POP909 001-700 (benchmarks/bench_analysis.py)."""
 
+    method: str = "network"  # "network" (key_network) or "profiles" (the settings below)
     profiles: str = "pop909"  # one of PROFILES
     bass_weight: float = 0.5  # extra weight of the bass profile (the bass states the tonic)
     window_beats: int = 8  # beats per HMM observation (two bars of 4/4)
@@ -60,6 +68,8 @@ class KeyConfig:
     sharpness: float = 6.0  # scale of the correlation in the emission log-likelihood
 
     def __post_init__(self) -> None:
+        if self.method not in ("network", "profiles"):
+            raise ValueError(f"KeyConfig.method={self.method!r}; use 'network' or 'profiles'")
         if self.profiles not in PROFILES:
             raise ValueError(f"KeyConfig.profiles={self.profiles!r}; use one of {sorted(PROFILES)}")
         if self.window_beats < 1:
@@ -105,9 +115,13 @@ def estimate_keys(
     *,
     notes: NoteArray | None = None,
     beats: np.ndarray | None = None,
+    downbeats: np.ndarray | None = None,
     cfg: KeyConfig | None = None,
 ) -> list[KeySegment]:
-    """Key segments covering the piece (one segment when the key never changes)."""
+    """Key segments covering the piece (one segment when the key never changes).
+
+    ``downbeats`` (bar starts) help the network method; without them every beat counts as a
+    downbeat."""
     cfg = cfg or KeyConfig()
     if notes is None:
         if score is None:
@@ -117,6 +131,8 @@ def estimate_keys(
         return []
     if beats is None or len(beats) < 2:
         beats = np.arange(0.0, notes.end + 0.5, 0.5)
+    if cfg.method == "network":
+        return _network_keys(notes, np.asarray(beats, dtype=np.float64), downbeats)
     period = float(np.median(np.diff(beats)))
     edges = (
         np.r_[0.0, beats[beats > 1e-3], beats[-1] + period]
@@ -148,6 +164,40 @@ def estimate_keys(
             out.append(
                 KeySegment(float(win_edges[start]), float(win_edges[t]), key_label(path[start]))
             )
+            start = t
+    return out
+
+
+def _network_keys(
+    notes: NoteArray, beats: np.ndarray, downbeats: np.ndarray | None
+) -> list[KeySegment]:
+    from aurl.analysis.chords import bar_positions, beat_features, segment_bounds
+    from aurl.analysis.key_network import default_model
+
+    model = default_model()
+    bounds = segment_bounds(beats, notes.end)
+    feats, extra = beat_features(notes, bounds)
+    pos = bar_positions(bounds[:-1], downbeats if downbeats is not None else beats)
+    lp = model.log_probs(feats, extra, pos)
+    return network_segments(lp, bounds, model.window_beats, model.change_penalty)
+
+
+def network_segments(
+    log_probs: np.ndarray, bounds: np.ndarray, window_beats: int, change_penalty: float
+) -> list[KeySegment]:
+    """Key segments from (S, 24) per-beat log-probabilities: summed over windows of
+    ``window_beats`` beats, then a Viterbi with ``change_penalty`` per change."""
+    S, w = len(log_probs), max(1, window_beats)
+    n_win = int(np.ceil(S / w))
+    pad = np.zeros((n_win * w - S, 24))
+    log_em = np.concatenate([log_probs, pad]).reshape(n_win, w, 24).sum(axis=1)
+    path = _viterbi(log_em, change_penalty)
+    edges = np.r_[bounds[:-1:w], bounds[-1]]
+    out: list[KeySegment] = []
+    start = 0
+    for t in range(1, n_win + 1):
+        if t == n_win or path[t] != path[start]:
+            out.append(KeySegment(float(edges[start]), float(edges[t]), key_label(path[start])))
             start = t
     return out
 

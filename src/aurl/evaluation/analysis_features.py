@@ -66,7 +66,7 @@ def _analyse(piece: Piece) -> dict:
         )
         downbeats = _to_seconds(piece, np.asarray(bars, dtype=np.float64))
         if len(beats) >= 4 and len(downbeats) >= 2:
-            keys = estimate_keys(notes=notes, beats=beats)
+            keys = estimate_keys(notes=notes, beats=beats, downbeats=downbeats)
             chords = recognize_chords(notes=notes, beats=beats, downbeats=downbeats)
             out = {
                 "keys": keys,
