@@ -138,20 +138,18 @@ def fit(songs: list[dict], epochs: int, seed: int) -> kn.KeyConvNet:
 def accuracy(model: kn.KeyNetwork, d: dict) -> float:
     """Time-weighted tonic+mode accuracy of the segments ``key.estimate_keys`` would give."""
     with torch.inference_mode():
-        logits = model.net(
-            torch.from_numpy(d["rotated"])[None],
-            torch.from_numpy(d["shared"])[None],
-            torch.ones(1, len(d["target"])),
-        )[0]
-        lp = torch.log_softmax(logits, -1).double().numpy()
+        args = (torch.from_numpy(d["rotated"])[None], torch.from_numpy(d["shared"])[None])
+        mask = torch.ones(1, len(d["target"]))
+        lp = [torch.log_softmax(net(*args, mask)[0], dim=-1) for net in model.nets]
+        lp = torch.stack(lp).mean(dim=0).double().numpy()
     segs = K.network_segments(lp, d["bounds"], model.window_beats, model.change_penalty)
     est = [{"start": s.start, "end": s.end, "label": s.label} for s in segs]
     return key_accuracy(d["key_iv"], d["key_lab"], est)
 
 
-def tune(net: kn.KeyConvNet, songs: list[dict], window: int) -> dict[float, float]:
+def tune(nets: tuple[kn.KeyConvNet, ...], songs: list[dict], window: int) -> dict[float, float]:
     return {
-        p: float(np.mean([accuracy(kn.KeyNetwork(net, window, p), d) for d in songs]))
+        p: float(np.mean([accuracy(kn.KeyNetwork(nets, window, p), d) for d in songs]))
         for p in PENALTIES
     }
 
@@ -164,7 +162,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--window-beats", type=int, default=8)
     ap.add_argument("--change-penalty", type=float, default=10.0)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="first seed")
+    ap.add_argument("--seeds", type=int, default=1, help="networks averaged: seed, seed+1, ...")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument(
         "--bach-data",
@@ -218,8 +217,8 @@ def main() -> None:
             train = [data[i] for i in train_ids if i not in held_set] + chorales[
                 "train"
             ] * args.chorale_repeats
-            net = fit(train, args.epochs, args.seed)
-            scores = tune(net, [data[i] for i in held], args.window_beats)
+            nets = tuple(fit(train, args.epochs, args.seed + k) for k in range(args.seeds))
+            scores = tune(nets, [data[i] for i in held], args.window_beats)
             print(f"fold {k} ({held[0]}-{held[-1]}): {scores}", flush=True)
             per_fold.append(scores)
         report["cv"] = {
@@ -230,27 +229,30 @@ def main() -> None:
         print(f"cross-validated accuracy by penalty: {report['cv']}")
         Path(f"{args.out}.cv.json").write_text(json.dumps(report, indent=1) + "\n")
         return
-    net = fit(
-        [data[i] for i in train_ids] + chorales["train"] * args.chorale_repeats,
-        args.epochs,
-        args.seed,
-    )
+    train = [data[i] for i in train_ids] + chorales["train"] * args.chorale_repeats
+    nets = tuple(fit(train, args.epochs, args.seed + k) for k in range(args.seeds))
     penalty = args.change_penalty
     if tune_ids:
-        scores = tune(net, [data[i] for i in tune_ids], args.window_beats)
+        tune_songs = [data[i] for i in tune_ids]
+        if len(nets) > 1:
+            for k, net in enumerate(nets):
+                print(
+                    f"tuning {args.tune}, seed {args.seed + k} alone: {tune((net,), tune_songs, args.window_beats)}"
+                )
+        scores = tune(nets, tune_songs, args.window_beats)
         print(f"tuning {args.tune}: {scores}")
         penalty = max(scores, key=scores.__getitem__)
+    model = kn.KeyNetwork(nets, args.window_beats, penalty)
     if chorales["check"]:
-        model = kn.KeyNetwork(net, args.window_beats, penalty)
         hits = [accuracy(model, d) for d in chorales["check"]]
         print(f"validation+test chorales: notated key found {np.mean(hits):.3f} of the time")
     note = (
         f"Fitted by benchmarks/fit_key_model.py on POP909 {train_ids[0]:03d}-{train_ids[-1]:03d} "
         f"(tracks merged, inferred beats) and {len(chorales['train'])} Bach training chorales "
-        f"(notated keys; {args.epochs} epochs, seed {args.seed}); 701-800 never "
-        f"read. Change penalty {penalty}, window {args.window_beats} beats."
+        f"(notated keys; {args.epochs} epochs, seeds {args.seed}-{args.seed + args.seeds - 1}); "
+        f"701-800 never read. Change penalty {penalty}, window {args.window_beats} beats."
     )
-    kn.KeyNetwork(net, args.window_beats, penalty).to_files(args.out, note)
+    model.to_files(args.out, note)
     print(f"wrote {args.out}.json/.safetensors in {time.time() - t0:.0f} s")
 
 

@@ -4,7 +4,8 @@ A transposition-equivariant convolution over the beats. The beat profiles of
 :func:`aurl.analysis.chords.beat_features` (notes sounding, notes starting, bass) are rotated to
 each of the 12 candidate tonics; one shared stack of dilated 1-D convolutions reads each rotation
 (receptive field +-64 beats) and, beside every beat's own units, the mean of those units over the
-whole piece; two outputs per tonic give the major and minor score. Transposing a piece therefore
+whole piece; two outputs per tonic give the major and minor score. The shipped model averages the
+log-probabilities of networks fitted with different seeds. Transposing a piece therefore
 rotates its key scores exactly (tested), and the network never has to learn the same cadence in
 twelve keys. The beat-level log-probabilities are summed over windows of ``window_beats`` and a
 Viterbi with ``change_penalty`` per change gives the key segments.
@@ -70,22 +71,24 @@ def network_inputs(
 
 @dataclass(frozen=True)
 class KeyNetwork:
-    """The network and the segmentation settings it was tuned with."""
+    """The networks (their log-probabilities are averaged) and the segmentation settings."""
 
-    net: KeyConvNet
+    nets: tuple[KeyConvNet, ...]
     window_beats: int
     change_penalty: float
+
+    def __post_init__(self) -> None:
+        if not self.nets:
+            raise ValueError("a key model needs at least one network")
 
     def log_probs(self, feats: np.ndarray, extra: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """(S, 24) log P(key) per beat; state k < 12 is major on k, k >= 12 minor on k - 12."""
         rotated, shared = network_inputs(feats, extra, pos)
+        args = (torch.from_numpy(rotated)[None], torch.from_numpy(shared)[None])
+        mask = torch.ones(1, len(feats))
         with torch.inference_mode():
-            logits = self.net(
-                torch.from_numpy(rotated)[None],
-                torch.from_numpy(shared)[None],
-                torch.ones(1, len(feats)),
-            )[0]
-            return torch.log_softmax(logits, dim=-1).double().numpy()
+            lp = [torch.log_softmax(net(*args, mask)[0], dim=-1) for net in self.nets]
+            return torch.stack(lp).mean(dim=0).double().numpy()
 
     def to_files(self, stem: Path, note: str) -> None:
         """``stem.json`` (architecture, settings, note) and ``stem.safetensors`` (weights)."""
@@ -93,13 +96,19 @@ class KeyNetwork:
 
         meta = {
             "note": note,
-            "hidden": self.net.inp.out_channels,
-            "dilations": list(self.net.dilations),
+            "n_nets": len(self.nets),
+            "hidden": self.nets[0].inp.out_channels,
+            "dilations": list(self.nets[0].dilations),
             "window_beats": self.window_beats,
             "change_penalty": self.change_penalty,
         }
         tmp = stem.with_suffix(".safetensors.tmp")
-        save_file({k: t.contiguous() for k, t in self.net.state_dict().items()}, str(tmp))
+        weights = {
+            f"{k}.{name}": t.contiguous()
+            for k, net in enumerate(self.nets)
+            for name, t in net.state_dict().items()
+        }
+        save_file(weights, str(tmp))
         tmp.replace(stem.with_suffix(".safetensors"))
         tmp = stem.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta) + "\n")
@@ -109,9 +118,15 @@ class KeyNetwork:
     def from_bytes(cls, meta: dict, weights: bytes) -> KeyNetwork:
         from safetensors.torch import load
 
-        net = KeyConvNet(int(meta["hidden"]), tuple(int(d) for d in meta["dilations"]))
-        net.load_state_dict(load(weights))
-        return cls(net.eval(), int(meta["window_beats"]), float(meta["change_penalty"]))
+        tensors = load(weights)
+        nets = []
+        for k in range(int(meta["n_nets"])):
+            net = KeyConvNet(int(meta["hidden"]), tuple(int(d) for d in meta["dilations"]))
+            net.load_state_dict(
+                {n[len(f"{k}.") :]: t for n, t in tensors.items() if n.startswith(f"{k}.")}
+            )
+            nets.append(net.eval())
+        return cls(tuple(nets), int(meta["window_beats"]), float(meta["change_penalty"]))
 
 
 @lru_cache(maxsize=1)
