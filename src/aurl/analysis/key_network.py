@@ -17,14 +17,14 @@ chorales of the training split, with the keys their notation states. Weights shi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from aurl.analysis.network_files import packaged, read_networks, write_networks
 
 N_ROTATED = 36  # sounding, onset and bass profiles seen from one tonic
 N_SHARED = 7  # 3 loudness/density columns + the beat's position in the bar (one-hot of 4)
@@ -92,46 +92,25 @@ class KeyNetwork:
 
     def to_files(self, stem: Path, note: str) -> None:
         """``stem.json`` (architecture, settings, note) and ``stem.safetensors`` (weights)."""
-        from safetensors.torch import save_file
-
         meta = {
             "note": note,
-            "n_nets": len(self.nets),
             "hidden": self.nets[0].inp.out_channels,
             "dilations": list(self.nets[0].dilations),
             "window_beats": self.window_beats,
             "change_penalty": self.change_penalty,
         }
-        tmp = stem.with_suffix(".safetensors.tmp")
-        weights = {
-            f"{k}.{name}": t.contiguous()
-            for k, net in enumerate(self.nets)
-            for name, t in net.state_dict().items()
-        }
-        save_file(weights, str(tmp))
-        tmp.replace(stem.with_suffix(".safetensors"))
-        tmp = stem.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta) + "\n")
-        tmp.replace(stem.with_suffix(".json"))
+        write_networks(stem, self.nets, meta)
 
     @classmethod
     def from_bytes(cls, meta: dict, weights: bytes) -> KeyNetwork:
-        from safetensors.torch import load
+        def build() -> KeyConvNet:
+            return KeyConvNet(int(meta["hidden"]), tuple(int(d) for d in meta["dilations"]))
 
-        tensors = load(weights)
-        nets = []
-        for k in range(int(meta["n_nets"])):
-            net = KeyConvNet(int(meta["hidden"]), tuple(int(d) for d in meta["dilations"]))
-            net.load_state_dict(
-                {n[len(f"{k}.") :]: t for n, t in tensors.items() if n.startswith(f"{k}.")}
-            )
-            nets.append(net.eval())
-        return cls(tuple(nets), int(meta["window_beats"]), float(meta["change_penalty"]))
+        nets = read_networks(meta, weights, build)
+        return cls(nets, int(meta["window_beats"]), float(meta["change_penalty"]))
 
 
 @lru_cache(maxsize=1)
 def default_model() -> KeyNetwork:
     """The committed network: ``data/key_model.{json,safetensors}``."""
-    data = resources.files("aurl.analysis").joinpath("data")
-    meta = json.loads((data / "key_model.json").read_text())
-    return KeyNetwork.from_bytes(meta, (data / "key_model.safetensors").read_bytes())
+    return KeyNetwork.from_bytes(*packaged("key_model"))

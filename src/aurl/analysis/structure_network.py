@@ -9,15 +9,14 @@ DP balance and the fit's note.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from aurl.analysis.network_files import packaged, read_networks, write_networks
 from aurl.analysis.structure import N_BAR_FEATURES
 
 
@@ -107,43 +106,20 @@ class StructureModel:
 
     def to_files(self, stem: Path, note: str) -> None:
         """``stem.json`` (means, prior, DP balance, note) and ``stem.safetensors`` (weights)."""
-        from safetensors.torch import save_file
-
         meta = {
             "note": note,
-            "n_nets": len(self.nets),
             "mean": np.round(self.mean, 6).tolist(),
             "std": np.round(self.std, 6).tolist(),
             "length_logp": np.round(self.length_logp, 6).tolist(),
             "length_weight": self.length_weight,
             "offset": self.offset,
         }
-        weights = {
-            f"{k}.{name}": t.detach().contiguous()
-            for k, net in enumerate(self.nets)
-            for name, t in net.state_dict().items()
-        }
-        tmp = stem.with_suffix(".safetensors.tmp")
-        save_file(weights, str(tmp))
-        tmp.replace(stem.with_suffix(".safetensors"))
-        tmp = stem.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(meta) + "\n")
-        tmp.replace(stem.with_suffix(".json"))
+        write_networks(stem, self.nets, meta)
 
     @classmethod
     def from_bytes(cls, meta: dict, weights: bytes) -> StructureModel:
-        from safetensors.torch import load
-
-        tensors = load(weights)
-        nets = []
-        for k in range(int(meta["n_nets"])):
-            net = BoundaryGRU()
-            net.load_state_dict(
-                {n[len(f"{k}.") :]: t for n, t in tensors.items() if n.startswith(f"{k}.")}
-            )
-            nets.append(net.eval())
         return cls(
-            nets=tuple(nets),
+            nets=read_networks(meta, weights, BoundaryGRU),
             mean=np.asarray(meta["mean"], dtype=np.float64),
             std=np.asarray(meta["std"], dtype=np.float64),
             length_logp=np.asarray(meta["length_logp"], dtype=np.float64),
@@ -155,6 +131,4 @@ class StructureModel:
 @lru_cache(maxsize=1)
 def default_model() -> StructureModel:
     """The committed networks: ``data/structure_model.{json,safetensors}``."""
-    data = resources.files("aurl.analysis").joinpath("data")
-    meta = json.loads((data / "structure_model.json").read_text())
-    return StructureModel.from_bytes(meta, (data / "structure_model.safetensors").read_bytes())
+    return StructureModel.from_bytes(*packaged("structure_model"))
