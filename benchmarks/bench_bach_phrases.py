@@ -14,7 +14,8 @@ and every 4 bars of the inferred bars.
 The same run checks the global key (the key covering most time) of the default analysis and of the
 profile HMM (``KeyConfig(method="profiles")``) against the key the notation states: key signature
 plus the bass's last note (``notated_key``; chorales whose bass ends on neither the signature's
-major tonic nor its relative minor are left out). Neither key method was fitted on chorales.
+major tonic nor its relative minor are left out). The key network's fit reads the notated keys of
+the training split's chorales only; the profile HMM never saw a chorale.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import mir_eval
 import numpy as np
 
-from aurl.analysis.key import KeyConfig, estimate_keys, global_key
+from aurl.analysis.key import TONICS, KeyConfig, estimate_keys, global_key
 from aurl.analysis.notes import score_notes
 from aurl.analysis.run import analyze_score, one_thread_worker
 from aurl.data.corpus import bach_midi_dir
@@ -70,11 +71,10 @@ def notated_key(stream) -> str | None:
     last = bass[-1]
     pc = min(last.pitches).pitchClass if last.isChord else last.pitch.pitchClass
     major = (7 * sigs[0].sharps) % 12
-    tonics = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
     if pc == major:
-        return f"{tonics[pc]}:maj"
+        return f"{TONICS[pc]}:maj"
     if pc == (major + 9) % 12:
-        return f"{tonics[pc]}:min"
+        return f"{TONICS[pc]}:min"
     return None
 
 

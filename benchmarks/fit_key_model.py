@@ -55,6 +55,7 @@ from aurl.analysis import key as K
 from aurl.analysis import key_network as kn
 from aurl.analysis.beats import track_beats
 from aurl.analysis.notes import score_notes
+from aurl.analysis.run import one_thread_worker
 from aurl.data.corpus import bach_midi_dir
 from aurl.data.midi_io import load_score
 
@@ -79,7 +80,6 @@ def chorale_data(path: Path) -> dict | None:
 
 
 def beat_data(song, score, kiv: np.ndarray, klab: list[str]) -> dict:
-    torch.set_num_threads(1)  # the melody network inside track_beats; one process per core
     notes = score_notes(score)
     bt = track_beats(score, notes)
     bounds = ch.segment_bounds(bt.beats, notes.end)
@@ -195,7 +195,7 @@ def main() -> None:
     train_ids = span(args.train)
     tune_ids = span(args.tune) if args.tune else []
     t0 = time.time()
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=one_thread_worker) as pool:
         data = {d["song"]: d for d in pool.map(song_data, sorted({*train_ids, *tune_ids}))}
         chorales: dict[str, list[dict]] = {"train": [], "check": []}
         if str(args.bach_data) != "none":

@@ -138,10 +138,13 @@ def song(i: int) -> dict | None:
 
 
 def chorale(path: Path) -> dict | None:
-    """A Bach chorale's inputs; targets: the bar line nearest the end of each soprano fermata."""
+    """A Bach chorale's inputs; targets: the bar line nearest the end of each soprano fermata
+    (None for a chorale without fermatas: it has no phrase marks to learn from)."""
     import music21
 
     ends = fermata_ends(music21.corpus.parse(f"bach/{path.stem}"))
+    if len(ends) == 0:
+        return None  # no fermata in music21's encoding (7 chorales, e.g. bwv1.6): no phrase marks
     score, _ = load_score(path)
     r = bar_inputs(score, default_scorer())
     if r is None:

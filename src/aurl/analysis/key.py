@@ -7,10 +7,11 @@ Two methods (``KeyConfig.method``):
   go through a Viterbi with a penalty per key change. Fitted on POP909 001-700 and the Bach
   training chorales; on POP909 601-700 (fitted on 001-600) 0.930 against 0.921 for the profile
   HMM below (BENCHMARKS.md, "Analysis").
-- ``profiles``: an HMM whose emissions are key profiles, as follows. Per beat, a pitch-class profile (time-weighted, plus the bass profile times ``bass_weight``);
-profiles summed over windows of ``window_beats``; each window scored against the 24 rotated key
-profiles by Pearson correlation (Krumhansl–Schmuckler style); Viterbi with a key-change penalty
-per window gives the segmentation. Profile sets (all 12 values from the tonic up):
+- ``profiles``: an HMM whose emissions are key profiles. Per beat, a pitch-class profile
+  (time-weighted, plus the bass profile times ``bass_weight``); profiles summed over windows of
+  ``window_beats``; each window scored against the 24 rotated key profiles by Pearson correlation
+  (Krumhansl–Schmuckler style); Viterbi with a key-change penalty per window gives the
+  segmentation. Profile sets (all 12 values from the tonic up):
 
 - ``krumhansl``: Krumhansl & Kessler (1982) probe-tone ratings.
 - ``temperley``: Temperley (2007) Kostka–Payne corpus frequencies.
@@ -140,32 +141,15 @@ def estimate_keys(
         else np.r_[beats, beats[-1] + period]
     )
     sounding, bass = segment_chroma(notes, edges), bass_chroma(notes, edges)  # (S, 12) each
-    w = cfg.window_beats
-    n_win = int(np.ceil(len(sounding) / w))
-
-    def windows(x: np.ndarray) -> np.ndarray:  # (S, 12) -> (W, 12)
-        pad = np.zeros((n_win * w - len(x), 12))
-        return np.concatenate([x, pad]).reshape(n_win, w, 12).sum(axis=1)
-
-    win_s, win_b = windows(sounding), windows(bass)
+    win_s, win_b = _window_sums(sounding, cfg.window_beats), _window_sums(bass, cfg.window_beats)
+    n_win = len(win_s)
     total = key_scores(sounding.sum(axis=0, keepdims=True), bass.sum(axis=0, keepdims=True), cfg)[0]
     corr = key_scores(win_s, win_b, cfg)
     active = win_s.sum(axis=1) > 0
     log_em = np.where(active[:, None], cfg.sharpness * corr, 0.0)
     # The whole-piece profile is a prior on every window: a key change must be worth it locally.
     log_em = log_em + cfg.sharpness * total[None, :] / max(n_win, 1) ** 0.5
-    path = _viterbi(log_em, cfg.change_penalty)
-    win_edges = np.r_[edges[::w], edges[-1]][: n_win + 1]
-    win_edges[-1] = edges[-1]
-    out: list[KeySegment] = []
-    start = 0
-    for t in range(1, n_win + 1):
-        if t == n_win or path[t] != path[start]:
-            out.append(
-                KeySegment(float(win_edges[start]), float(win_edges[t]), key_label(path[start]))
-            )
-            start = t
-    return out
+    return _path_segments(_viterbi(log_em, cfg.change_penalty), edges, cfg.window_beats)
 
 
 def _network_keys(
@@ -187,17 +171,27 @@ def network_segments(
 ) -> list[KeySegment]:
     """Key segments from (S, 24) per-beat log-probabilities: summed over windows of
     ``window_beats`` beats, then a Viterbi with ``change_penalty`` per change."""
-    S, w = len(log_probs), max(1, window_beats)
-    n_win = int(np.ceil(S / w))
-    pad = np.zeros((n_win * w - S, 24))
-    log_em = np.concatenate([log_probs, pad]).reshape(n_win, w, 24).sum(axis=1)
-    path = _viterbi(log_em, change_penalty)
-    edges = np.r_[bounds[:-1:w], bounds[-1]]
+    path = _viterbi(_window_sums(log_probs, window_beats), change_penalty)
+    return _path_segments(path, bounds, window_beats)
+
+
+def _window_sums(x: np.ndarray, w: int) -> np.ndarray:
+    """(S, K) per-beat rows -> (ceil(S / w), K) sums over consecutive windows of w beats."""
+    n_win = int(np.ceil(len(x) / w))
+    pad = np.zeros((n_win * w - len(x), x.shape[1]))
+    return np.concatenate([x, pad]).reshape(n_win, w, x.shape[1]).sum(axis=1)
+
+
+def _path_segments(path: np.ndarray, edges: np.ndarray, w: int) -> list[KeySegment]:
+    """Runs of equal key along the window path; ``edges`` are the beat segment edges."""
+    win_edges = np.r_[edges[:-1:w], edges[-1]]
     out: list[KeySegment] = []
     start = 0
-    for t in range(1, n_win + 1):
-        if t == n_win or path[t] != path[start]:
-            out.append(KeySegment(float(edges[start]), float(edges[t]), key_label(path[start])))
+    for t in range(1, len(path) + 1):
+        if t == len(path) or path[t] != path[start]:
+            out.append(
+                KeySegment(float(win_edges[start]), float(win_edges[t]), key_label(path[start]))
+            )
             start = t
     return out
 
