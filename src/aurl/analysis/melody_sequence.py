@@ -15,9 +15,7 @@ feature means, the threshold and the fit's note.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
@@ -136,6 +134,6 @@ def load_scorer(meta: dict, weights: bytes, quantized: bool = True) -> SequenceS
 def default_scorer(quantized: bool = True) -> SequenceScorer:
     """The committed network (``data/melody_sequence.{json,safetensors}``), int8 unless asked
     otherwise (:func:`int8_dynamic`; the float32 network is the reference the tests compare with)."""
-    data = resources.files("aurl.analysis").joinpath("data")
-    meta = json.loads((data / "melody_sequence.json").read_text())
-    return load_scorer(meta, (data / "melody_sequence.safetensors").read_bytes(), quantized)
+    from aurl.analysis.network_files import packaged
+
+    return load_scorer(*packaged("melody_sequence"), quantized)
