@@ -3,7 +3,10 @@
     .venv/bin/python benchmarks/fit_key_model.py              # fit on 001-700, ~3 min on 2 cores
     .venv/bin/python benchmarks/fit_key_model.py --cv 7 --out /tmp/key_cv   # 7-fold CV, ~10 min
 
-POP909 songs merged into one track, beats and bars INFERRED (``track_beats``), as at analysis time.
+POP909 songs merged into one track, beats and bars INFERRED (``track_beats``). Unlike
+``aurl analyze``, the fit tracks them without the melody's evidence for the bar phase; tracking
+them with it gave the same 601-700 scores (0.931 / 0.934 / 0.913 for seeds 0-2; BENCHMARKS.md,
+"Sixth pass"), so the shipped fit was not redone.
 Each beat's target is the annotated key (``key_audio.txt``) at the beat's midpoint; beats outside
 the annotation are not scored. The Bach chorales of the prepared dataset's training split
 (``--bach-data``) join the fit, each counted ``--chorale-repeats`` times; their target on every
