@@ -30,7 +30,7 @@ from pathlib import Path
 import mir_eval
 import numpy as np
 
-from aurl.analysis.key import TONICS, KeyConfig, estimate_keys, global_key
+from aurl.analysis.key import KeyConfig, estimate_keys, global_key, key_label
 from aurl.analysis.notes import score_notes
 from aurl.analysis.run import analyze_score, one_thread_worker
 from aurl.data.corpus import bach_midi_dir
@@ -72,9 +72,9 @@ def notated_key(stream) -> str | None:
     pc = min(last.pitches).pitchClass if last.isChord else last.pitch.pitchClass
     major = (7 * sigs[0].sharps) % 12
     if pc == major:
-        return f"{TONICS[pc]}:maj"
+        return key_label(pc)
     if pc == (major + 9) % 12:
-        return f"{TONICS[pc]}:min"
+        return key_label(pc + 12)
     return None
 
 

@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from aurl.analysis.spelling import pitch_class
+
 REPO = Path(__file__).resolve().parents[1]
 NUMERALS = ("I", "bII", "II", "bIII", "III", "IV", "#IV", "V", "bVI", "VI", "bVII", "VII")
 SUFFIX = {
@@ -36,14 +39,12 @@ SUFFIX = {
     "sus2": "sus2",
     "sus4": "sus4",
 }
-TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 
 
 def numeral(chord: str, key: str) -> str:
     """``G:7`` in ``C:maj`` -> ``V7``; lowercase for minor-third chords."""
     root, quality = chord.split("/")[0].split(":")
-    tonic = TONICS.index(key.split(":")[0])
-    n = NUMERALS[(TONICS.index(root) - tonic) % 12]
+    n = NUMERALS[(pitch_class(root) - pitch_class(key.split(":")[0])) % 12]
     if quality in ("min", "min7", "dim"):
         n = n.lower()
     return n + SUFFIX[quality]

@@ -28,7 +28,9 @@ import numpy as np
 import symusic
 
 from aurl.analysis.notes import NoteArray, bass_chroma, score_notes, segment_chroma
+from aurl.analysis.spelling import tonic_name
 
+# Pitch-class names for tables and fits; key labels spell their tonic by convention (key_label).
 TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
 PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "krumhansl": (
@@ -85,8 +87,9 @@ class KeySegment:
 
 
 def key_label(k: int) -> str:
-    """State k < 12: major on tonic k; k >= 12: minor on tonic k - 12."""
-    return f"{TONICS[k % 12]}:{'maj' if k < 12 else 'min'}"
+    """State k < 12: major on tonic k; k >= 12: minor on tonic k - 12 (``F#:min``, ``Eb:maj``:
+    the tonic spelled as its key signature writes it, :func:`aurl.analysis.spelling.tonic_name`)."""
+    return f"{tonic_name(k % 12, k >= 12)}:{'maj' if k < 12 else 'min'}"
 
 
 def key_templates(profiles: str, bass: bool = False) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 The result of one file is a plain dict (JSON-ready; all times in seconds on the file's timeline):
 ``path``, ``beats``, ``downbeats``, ``beats_per_bar``, ``beat_source``, ``key`` / ``chords`` /
-``sections`` (lists of ``{start, end, label}``), ``global_key``, ``melody`` (``{start, end,
+``sections`` (lists of ``{start, end, label}``; chord roots spelled as degrees of the key around
+them, :mod:`aurl.analysis.spelling`), ``global_key``, ``melody`` (``{start, end,
 pitch}``), ``motifs`` (``{pattern, occurrences: [{start, end}]}``); or ``path`` and ``error``
 when the file cannot be read or analysed.
 """
@@ -25,6 +26,7 @@ from aurl.analysis.key import KeyConfig, estimate_keys, global_key
 from aurl.analysis.melody import extract_melody, melody_notes
 from aurl.analysis.motifs import MotifConfig, find_motifs
 from aurl.analysis.notes import score_notes
+from aurl.analysis.spelling import spell_chord
 from aurl.analysis.structure import StructureConfig, find_sections
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,17 @@ class AnalysisConfig:
 
 def _r(x: float) -> float:
     return round(float(x), 4)
+
+
+def key_at(keys: list, segment) -> str | None:
+    """The label of the key segment around ``segment``'s midpoint (None without keys)."""
+    mid = (segment.start + segment.end) / 2
+    for k in keys:
+        if k.start <= mid < k.end:
+            return k.label
+    return (
+        min(keys, key=lambda k: min(abs(k.start - mid), abs(k.end - mid))).label if keys else None
+    )
 
 
 def analyze_score(score: symusic.Score, cfg: AnalysisConfig | None = None) -> dict:
@@ -72,7 +85,10 @@ def analyze_score(score: symusic.Score, cfg: AnalysisConfig | None = None) -> di
         "beat_source": bt.source,
         "global_key": global_key(keys),
         "key": [{"start": _r(k.start), "end": _r(k.end), "label": k.label} for k in keys],
-        "chords": [{"start": _r(c.start), "end": _r(c.end), "label": c.label} for c in chords],
+        "chords": [
+            {"start": _r(c.start), "end": _r(c.end), "label": spell_chord(c.label, key_at(keys, c))}
+            for c in chords
+        ],
         "melody": [{"start": _r(m.start), "end": _r(m.end), "pitch": m.pitch} for m in mel],
         "sections": [{"start": _r(s.start), "end": _r(s.end), "label": s.label} for s in sections],
         "motifs": [

@@ -116,12 +116,12 @@ def chord_vocabulary(piece: Piece) -> float:
     title="chord roots moving by 4ths/5ths",
 )
 def chord_fifth_motion(piece: Piece) -> float:
-    from aurl.analysis.chords import ROOT_NAMES
+    from aurl.analysis.spelling import pitch_class
 
     a = _analyse(piece)
     if not a:
         return float("nan")
-    roots = [ROOT_NAMES.index(lab.split(":")[0]) for lab in _chord_labels(a)]
+    roots = [pitch_class(lab.split(":")[0]) for lab in _chord_labels(a)]
     moves = [(b - r) % 12 for r, b in itertools.pairwise(roots) if b != r]
     return float(np.mean([m in (5, 7) for m in moves])) if moves else float("nan")
 
