@@ -50,24 +50,14 @@ from aurl.analysis.key import TONICS, KeyConfig, estimate_keys
 from aurl.analysis.melody import skyline
 from aurl.analysis.notes import score_notes, segment_chroma
 from aurl.analysis.run import analyze_paths, analyze_score, one_thread_worker
+from aurl.analysis.spelling import pitch_class
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ENHARMONIC = {
-    "C#": "Db",
-    "D#": "Eb",
-    "F#": "Gb",
-    "G#": "Ab",
-    "A#": "Bb",
-    "Cb": "B",
-    "Fb": "E",
-    "E#": "F",
-    "B#": "C",
-}
 
 
 def key_pc(label: str) -> tuple[int, str]:
     tonic, mode = label.split(":")
-    return TONICS.index(ENHARMONIC.get(tonic, tonic)), mode[:3]
+    return pitch_class(tonic), mode[:3]
 
 
 def key_accuracy(ref_iv: np.ndarray, ref_lab: list[str], est: list[dict]) -> float:

@@ -18,25 +18,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pop909_analysis_data as pop
 
-from aurl.analysis.key import TONICS
 from aurl.analysis.notes import bass_chroma, score_notes, segment_chroma
-
-ENHARMONIC = {
-    "C#": "Db",
-    "D#": "Eb",
-    "F#": "Gb",
-    "G#": "Ab",
-    "A#": "Bb",
-    "Cb": "B",
-    "Fb": "E",
-    "E#": "F",
-    "B#": "C",
-}
+from aurl.analysis.spelling import pitch_class
 
 
 def tonic_pc(label: str) -> tuple[int, str]:
     tonic, mode = label.split(":")
-    return TONICS.index(ENHARMONIC.get(tonic, tonic)), mode[:3]
+    return pitch_class(tonic), mode[:3]
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ import numpy as np
 import symusic
 
 from aurl.analysis.notes import NoteArray, bass_chroma, overlap_matrix, score_notes, segment_chroma
+from aurl.analysis.spelling import FLAT_NAMES
 
-ROOT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+ROOT_NAMES = FLAT_NAMES  # internal labels; run.py respells them in the key (spelling.py)
 # Harte shorthands and their intervals (semitones above the root).
 QUALITIES: dict[str, tuple[int, ...]] = {
     "maj": (0, 4, 7),

@@ -28,10 +28,10 @@ import numpy as np
 import symusic
 
 from aurl.analysis.notes import NoteArray, bass_chroma, score_notes, segment_chroma
-from aurl.analysis.spelling import tonic_name
+from aurl.analysis.spelling import FLAT_NAMES, tonic_name
 
 # Pitch-class names for tables and fits; key labels spell their tonic by convention (key_label).
-TONICS = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+TONICS = FLAT_NAMES
 PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "krumhansl": (
         (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88),
