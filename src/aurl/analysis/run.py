@@ -21,8 +21,8 @@ import numpy as np
 import symusic
 
 from aurl.analysis.beats import track_beats
-from aurl.analysis.chords import recognize_chords
-from aurl.analysis.key import KeyConfig, estimate_keys, global_key
+from aurl.analysis.chords import ChordSegment, recognize_chords
+from aurl.analysis.key import KeyConfig, KeySegment, estimate_keys, global_key
 from aurl.analysis.melody import extract_melody, melody_notes
 from aurl.analysis.motifs import MotifConfig, find_motifs
 from aurl.analysis.notes import score_notes
@@ -45,7 +45,7 @@ def _r(x: float) -> float:
     return round(float(x), 4)
 
 
-def key_at(keys: list, segment) -> str | None:
+def key_at(keys: list[KeySegment], segment: ChordSegment) -> str | None:
     """The label of the key segment around ``segment``'s midpoint (None without keys)."""
     mid = (segment.start + segment.end) / 2
     for k in keys:
